@@ -1,0 +1,43 @@
+//! Subcommands: one file each, an `Args` struct and a `run`.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod fetch;
+mod list;
+
+/// Transfer learning on images, on the CPU: pretrained VGG16 and ResNet-18, fine-tuning,
+/// prediction and feature extraction.
+#[derive(Parser, Debug)]
+#[command(name = "tl", version, about, long_about = None)]
+pub struct Cli {
+    /// Worker threads for compute and decoding (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Download a model's pretrained weights into the cache, verified.
+    Fetch(fetch::Args),
+    /// List the known models and what the cache holds.
+    List(list::Args),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            anyhow::bail!("--threads: must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    match cli.command {
+        Command::Fetch(a) => fetch::run(a),
+        Command::List(a) => list::run(a),
+    }
+}

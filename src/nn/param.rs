@@ -1,0 +1,182 @@
+//! Parameters and buffers: a value (owned, or borrowed in place from a memory-mapped file), an
+//! accumulated gradient, and a trainable flag.
+//!
+//! A parameter's full dotted name (`features.24.weight`) is not stored here: containers build it
+//! from the structure as they visit their children, so names always follow the graph.
+
+use std::sync::Arc;
+
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, IxDyn};
+
+/// What a tensor is to training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A weight matrix or kernel: trained, and penalised by L1/L2 regularisation.
+    Weight,
+    /// A bias or a normalisation scale/shift: trained, never penalised.
+    Bias,
+    /// A running statistic (BatchNorm): saved and loaded, never trained by an optimizer.
+    Buffer,
+}
+
+/// Bytes of a memory-mapped file that hold one little-endian, 4-byte-aligned f32 tensor.
+#[derive(Clone, Debug)]
+pub struct MappedF32 {
+    map: Arc<memmap2::Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl MappedF32 {
+    /// A view of `len` f32 values at byte offset `start` of `map`, or `None` when the bytes are
+    /// out of range or not aligned for f32 (the caller then copies).
+    pub fn new(map: Arc<memmap2::Mmap>, start: usize, len: usize) -> Option<Self> {
+        let end = start.checked_add(len.checked_mul(4)?)?;
+        let bytes = map.get(start..end)?;
+        if cfg!(target_endian = "big") || bytemuck::try_cast_slice::<u8, f32>(bytes).is_err() {
+            return None;
+        }
+        Some(MappedF32 { map, start, len })
+    }
+
+    /// The values, read in place.
+    pub fn as_slice(&self) -> &[f32] {
+        bytemuck::cast_slice(&self.map[self.start..self.start + self.len * 4])
+    }
+}
+
+/// Where a parameter's values live.
+#[derive(Clone, Debug)]
+enum Storage {
+    Owned(ArrayD<f32>),
+    Mapped { data: MappedF32, shape: Vec<usize> },
+}
+
+/// One named tensor of a layer.
+#[derive(Clone, Debug)]
+pub struct Param {
+    storage: Storage,
+    /// The gradient accumulated since the last [`Param::zero_grad`]; `None` until a backward pass
+    /// reaches it (frozen parameters never get one).
+    pub grad: Option<ArrayD<f32>>,
+    trainable: bool,
+    kind: ParamKind,
+}
+
+impl Param {
+    /// A trainable parameter (or a buffer, which is never trainable) with an owned value.
+    pub fn new(kind: ParamKind, value: ArrayD<f32>) -> Self {
+        Param {
+            storage: Storage::Owned(value),
+            grad: None,
+            trainable: kind != ParamKind::Buffer,
+            kind,
+        }
+    }
+
+    /// The tensor's role.
+    pub fn kind(&self) -> ParamKind {
+        self.kind
+    }
+
+    /// Whether an optimizer updates it and backward computes its gradient.
+    pub fn trainable(&self) -> bool {
+        self.trainable
+    }
+
+    /// Freezes (`false`) or unfreezes (`true`) the parameter. Buffers stay untrainable.
+    /// Freezing drops any accumulated gradient.
+    pub fn set_trainable(&mut self, trainable: bool) {
+        self.trainable = trainable && self.kind != ParamKind::Buffer;
+        if !self.trainable {
+            self.grad = None;
+        }
+    }
+
+    /// The shape of the value.
+    pub fn shape(&self) -> &[usize] {
+        match &self.storage {
+            Storage::Owned(a) => a.shape(),
+            Storage::Mapped { shape, .. } => shape,
+        }
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.shape().iter().product()
+    }
+
+    /// True when the tensor has no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The value, wherever it lives.
+    pub fn value(&self) -> ArrayViewD<'_, f32> {
+        match &self.storage {
+            Storage::Owned(a) => a.view(),
+            Storage::Mapped { data, shape } => {
+                ArrayViewD::from_shape(IxDyn(shape), data.as_slice())
+                    .expect("mapped length checked")
+            }
+        }
+    }
+
+    /// The value for writing; a memory-mapped value is copied out of the map first.
+    pub fn value_mut(&mut self) -> ArrayViewMutD<'_, f32> {
+        if let Storage::Mapped { .. } = self.storage {
+            let owned = self.value().to_owned();
+            self.storage = Storage::Owned(owned);
+        }
+        match &mut self.storage {
+            Storage::Owned(a) => a.view_mut(),
+            Storage::Mapped { .. } => unreachable!("converted above"),
+        }
+    }
+
+    /// Replaces the value with an owned array.
+    ///
+    /// # Panics
+    /// Panics if the shape differs (loading checks shapes before it gets here).
+    pub fn set_value(&mut self, value: ArrayD<f32>) {
+        assert_eq!(value.shape(), self.shape(), "set_value: shape");
+        self.storage = Storage::Owned(value);
+    }
+
+    /// Replaces the value with values read in place from a memory map.
+    ///
+    /// # Panics
+    /// Panics if the number of values differs from the parameter's.
+    pub fn set_mapped(&mut self, data: MappedF32) {
+        assert_eq!(data.len, self.len(), "set_mapped: length");
+        let shape = self.shape().to_vec();
+        self.storage = Storage::Mapped { data, shape };
+    }
+
+    /// True when the value is read in place from a memory-mapped file.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.storage, Storage::Mapped { .. })
+    }
+
+    /// The address of the first value (to show where it lives).
+    pub fn as_ptr(&self) -> *const f32 {
+        self.value().as_ptr()
+    }
+
+    /// Adds `g` to the gradient (creating it at zero first).
+    ///
+    /// # Panics
+    /// Panics if `g`'s shape differs from the parameter's.
+    pub fn accumulate_grad(&mut self, g: ArrayViewD<'_, f32>) {
+        assert_eq!(g.shape(), self.shape(), "gradient shape");
+        match &mut self.grad {
+            Some(acc) => *acc += &g,
+            None => self.grad = Some(g.to_owned()),
+        }
+    }
+
+    /// Drops the accumulated gradient.
+    pub fn zero_grad(&mut self) {
+        self.grad = None;
+    }
+}

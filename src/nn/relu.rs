@@ -1,0 +1,47 @@
+//! `y = max(x, 0)`; backward `∂x = g·[x > 0]`.
+
+use ndarray::ArrayD;
+
+use super::{Context, Layer, NO_FORWARD};
+
+/// `nn.ReLU`.
+#[derive(Default)]
+pub struct Relu {
+    mask: Option<Vec<bool>>,
+}
+
+impl Relu {
+    /// A ReLU.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Layer for Relu {
+    fn forward(&mut self, mut x: ArrayD<f32>, ctx: &mut Context<'_>) -> ArrayD<f32> {
+        x.par_mapv_inplace(|v| if v > 0.0 { v } else { 0.0 });
+        self.mask = ctx
+            .tracks(false)
+            .then(|| x.iter().map(|&v| v > 0.0).collect());
+        x
+    }
+
+    fn backward(&mut self, mut grad: ArrayD<f32>) -> Option<ArrayD<f32>> {
+        let mask = self.mask.take().expect(NO_FORWARD);
+        assert_eq!(mask.len(), grad.len(), "ReLU: gradient shape");
+        for (g, keep) in grad.iter_mut().zip(mask) {
+            if !keep {
+                *g = 0.0;
+            }
+        }
+        Some(grad)
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Vec<usize> {
+        input.to_vec()
+    }
+
+    fn describe(&self) -> String {
+        "ReLU".into()
+    }
+}

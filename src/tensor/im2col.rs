@@ -1,0 +1,230 @@
+//! im2col / col2im for square kernels with symmetric stride and zero padding.
+//!
+//! One image `x` is `[C, H, W]` (contiguous). Its column matrix is `[C·k·k, OH·OW]`, row
+//! `(c·k + ki)·k + kj`, column `oy·OW + ox`, holding `x[c, oy·S + ki − P, ox·S + kj − P]` (zero
+//! outside the image). A convolution is then `W[C_out, C·k·k] · col`. `col2im` is the adjoint:
+//! it adds every column entry back onto the input position it came from.
+
+/// The geometry of one convolution over one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub out_height: usize,
+    pub out_width: usize,
+}
+
+impl ConvGeometry {
+    /// Geometry under PyTorch's floor rule.
+    ///
+    /// # Panics
+    /// Panics if the stride is zero or the padded input is smaller than the kernel.
+    pub fn new(
+        channels: usize,
+        height: usize,
+        width: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
+        ConvGeometry {
+            channels,
+            height,
+            width,
+            kernel,
+            stride,
+            padding,
+            out_height: super::geometry::output_size(height, kernel, stride, padding),
+            out_width: super::geometry::output_size(width, kernel, stride, padding),
+        }
+    }
+
+    /// Rows of the column matrix: `C·k·k`.
+    pub fn col_rows(&self) -> usize {
+        self.channels * self.kernel * self.kernel
+    }
+
+    /// Columns of the column matrix: `OH·OW`.
+    pub fn col_cols(&self) -> usize {
+        self.out_height * self.out_width
+    }
+
+    /// True when the column matrix is the image itself (1×1 kernel, stride 1, no padding).
+    pub fn is_identity(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// The range of output positions `o` along a side of length `n` whose input position
+    /// `o·S + kk − P` lies inside `[0, n)`.
+    fn valid_range(&self, n: usize, out: usize, kk: usize) -> (usize, usize) {
+        let (s, p) = (self.stride as isize, self.padding as isize);
+        let off = kk as isize - p;
+        // o·s + off >= 0  =>  o >= ceil(-off / s)
+        let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
+        // o·s + off <= n - 1  =>  o <= floor((n - 1 - off) / s)
+        let hi_num = n as isize - 1 - off;
+        let hi = if hi_num < 0 { -1 } else { hi_num / s };
+        let lo = lo.min(out as isize) as usize;
+        let hi = (hi + 1).clamp(lo as isize, out as isize) as usize;
+        (lo, hi)
+    }
+}
+
+/// Fills `col` (`[C·k·k, OH·OW]`, row-major) from one image `x` (`[C, H, W]`).
+///
+/// # Panics
+/// Panics if the slice lengths do not match the geometry.
+pub fn im2col(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
+    let (h, w, k, s) = (g.height, g.width, g.kernel, g.stride);
+    let (oh, ow) = (g.out_height, g.out_width);
+    assert_eq!(x.len(), g.channels * h * w, "im2col: input length");
+    assert_eq!(
+        col.len(),
+        g.col_rows() * g.col_cols(),
+        "im2col: column length"
+    );
+    let p = g.padding as isize;
+    for c in 0..g.channels {
+        let plane = &x[c * h * w..(c + 1) * h * w];
+        for ki in 0..k {
+            let (y_lo, y_hi) = g.valid_range(h, oh, ki);
+            for kj in 0..k {
+                let (x_lo, x_hi) = g.valid_range(w, ow, kj);
+                let row = (c * k + ki) * k + kj;
+                let dst = &mut col[row * oh * ow..(row + 1) * oh * ow];
+                for oy in 0..oh {
+                    let out_row = &mut dst[oy * ow..(oy + 1) * ow];
+                    if oy < y_lo || oy >= y_hi {
+                        out_row.fill(0.0);
+                        continue;
+                    }
+                    let iy = (oy * s + ki) as isize - p;
+                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                    out_row[..x_lo].fill(0.0);
+                    out_row[x_hi.max(x_lo)..].fill(0.0);
+                    let ix0 = (x_lo * s + kj) as isize - p;
+                    if s == 1 {
+                        let n = x_hi - x_lo;
+                        out_row[x_lo..x_hi].copy_from_slice(&src[ix0 as usize..ix0 as usize + n]);
+                    } else {
+                        for (i, ox) in (x_lo..x_hi).enumerate() {
+                            out_row[ox] = src[ix0 as usize + i * s];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the column matrix `col` back onto the image `x` (`x += col2im(col)`).
+///
+/// # Panics
+/// Panics if the slice lengths do not match the geometry.
+pub fn col2im(col: &[f32], g: &ConvGeometry, x: &mut [f32]) {
+    let (h, w, k, s) = (g.height, g.width, g.kernel, g.stride);
+    let (oh, ow) = (g.out_height, g.out_width);
+    assert_eq!(x.len(), g.channels * h * w, "col2im: input length");
+    assert_eq!(
+        col.len(),
+        g.col_rows() * g.col_cols(),
+        "col2im: column length"
+    );
+    let p = g.padding as isize;
+    for c in 0..g.channels {
+        let plane = &mut x[c * h * w..(c + 1) * h * w];
+        for ki in 0..k {
+            let (y_lo, y_hi) = g.valid_range(h, oh, ki);
+            for kj in 0..k {
+                let (x_lo, x_hi) = g.valid_range(w, ow, kj);
+                let row = (c * k + ki) * k + kj;
+                let src = &col[row * oh * ow..(row + 1) * oh * ow];
+                for oy in y_lo..y_hi {
+                    let iy = ((oy * s + ki) as isize - p) as usize;
+                    let dst = &mut plane[iy * w..(iy + 1) * w];
+                    let ix0 = ((x_lo * s + kj) as isize - p) as usize;
+                    let src_row = &src[oy * ow..(oy + 1) * ow];
+                    if s == 1 {
+                        for (d, v) in dst[ix0..ix0 + (x_hi - x_lo)]
+                            .iter_mut()
+                            .zip(&src_row[x_lo..x_hi])
+                        {
+                            *d += v;
+                        }
+                    } else {
+                        for (i, ox) in (x_lo..x_hi).enumerate() {
+                            dst[ix0 + i * s] += src_row[ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_im2col(x: &[f32], g: &ConvGeometry) -> Vec<f32> {
+        let mut col = vec![0.0; g.col_rows() * g.col_cols()];
+        for c in 0..g.channels {
+            for ki in 0..g.kernel {
+                for kj in 0..g.kernel {
+                    let row = (c * g.kernel + ki) * g.kernel + kj;
+                    for oy in 0..g.out_height {
+                        for ox in 0..g.out_width {
+                            let iy = (oy * g.stride + ki) as isize - g.padding as isize;
+                            let ix = (ox * g.stride + kj) as isize - g.padding as isize;
+                            if iy >= 0
+                                && ix >= 0
+                                && (iy as usize) < g.height
+                                && (ix as usize) < g.width
+                            {
+                                col[row * g.col_cols() + oy * g.out_width + ox] =
+                                    x[(c * g.height + iy as usize) * g.width + ix as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        col
+    }
+
+    #[test]
+    fn im2col_matches_naive_and_col2im_is_its_adjoint() {
+        for &(c, h, w, k, s, p) in &[
+            (2, 5, 7, 3, 1, 1),
+            (3, 9, 8, 7, 2, 3),
+            (1, 4, 4, 1, 2, 0),
+            (2, 6, 5, 3, 2, 0),
+            (1, 3, 3, 3, 1, 3),
+        ] {
+            let g = ConvGeometry::new(c, h, w, k, s, p);
+            let x: Vec<f32> = (0..c * h * w).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut col = vec![f32::NAN; g.col_rows() * g.col_cols()];
+            im2col(&x, &g, &mut col);
+            assert_eq!(col, naive_im2col(&x, &g), "{g:?}");
+            // <im2col(x), y> == <x, col2im(y)>
+            let y: Vec<f32> = (0..col.len()).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut back = vec![0.0; x.len()];
+            col2im(&y, &g, &mut back);
+            let lhs: f64 = col
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
+            let rhs: f64 = x
+                .iter()
+                .zip(&back)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
+            assert!((lhs - rhs).abs() < 1e-3, "{lhs} vs {rhs}");
+        }
+    }
+}
