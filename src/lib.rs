@@ -8,6 +8,7 @@
 //! (each with forward and backward side by side), [`train`] optimizers and the training loop.
 
 pub mod error;
+pub mod fetch;
 pub mod nn;
 pub mod tensor;
 pub mod train;

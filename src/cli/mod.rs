@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod fetch;
 mod list;
 
@@ -24,6 +25,8 @@ enum Command {
     Fetch(fetch::Args),
     /// List the known models and what the cache holds.
     List(list::Args),
+    /// Measure kernels and models (GFLOP/s, images/s).
+    Bench(bench::Args),
 }
 
 /// Runs the parsed command line.
@@ -39,5 +42,6 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Fetch(a) => fetch::run(a),
         Command::List(a) => list::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

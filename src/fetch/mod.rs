@@ -1,0 +1,1 @@
+//! Downloading pretrained weights: manifests, the cache, resumable verified downloads.
