@@ -9,8 +9,10 @@
 
 pub mod error;
 pub mod fetch;
+pub mod models;
 pub mod nn;
 pub mod tensor;
 pub mod train;
+pub mod weights;
 
 pub use error::{Error, Result};

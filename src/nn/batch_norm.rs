@@ -259,7 +259,7 @@ impl Layer for BatchNorm {
         )
     }
 
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
         f(&join(prefix, "weight"), &self.weight);
         f(&join(prefix, "bias"), &self.bias);
         f(&join(prefix, "running_mean"), &self.running_mean);

@@ -134,7 +134,7 @@ impl Layer for Linear {
         )
     }
 
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
         f(&join(prefix, "weight"), &self.weight);
         if let Some(b) = &self.bias {
             f(&join(prefix, "bias"), b);

@@ -110,7 +110,7 @@ pub trait Layer: Send + Sync {
     fn describe(&self) -> String;
 
     /// Calls `f` with the full dotted name and value of each parameter and buffer.
-    fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Param)) {}
+    fn visit<'a>(&'a self, _prefix: &str, _f: &mut dyn FnMut(&str, &'a Param)) {}
 
     /// Calls `f` with the full dotted name of each parameter and buffer, mutably.
     fn visit_mut(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param)) {}

@@ -119,7 +119,7 @@ impl Layer for Sequential {
         "Sequential".into()
     }
 
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
         for (name, layer) in &self.layers {
             layer.visit(&join(prefix, name), f);
         }

@@ -1,0 +1,87 @@
+//! Atomic safetensors writing: the file is written under a temporary name in the destination's
+//! directory, synced, then renamed, so a crash never leaves a half-written file under the final
+//! name.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use ndarray::ArrayViewD;
+use safetensors::{Dtype, View};
+
+use crate::error::{Error, Result};
+
+struct F32View<'a> {
+    shape: Vec<usize>,
+    data: Cow<'a, [f32]>,
+}
+
+impl View for F32View<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(bytemuck::cast_slice(&self.data))
+    }
+    fn data_len(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// The temporary name used while writing `path`.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".tmp{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes `tensors` (f32) and `metadata` to `path` atomically.
+///
+/// # Errors
+/// [`Error::Io`] naming the file when writing, syncing or renaming fails; the temporary file is
+/// removed and nothing is left under `path`'s name.
+pub fn save_atomic(
+    path: &Path,
+    tensors: Vec<(String, ArrayViewD<'_, f32>)>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let tmp = temp_path(path);
+    let views: Vec<(String, F32View<'_>)> = tensors
+        .into_iter()
+        .map(|(n, a)| {
+            let shape = a.shape().to_vec();
+            let data = match a.to_slice() {
+                Some(s) => Cow::Borrowed(s),
+                None => Cow::Owned(a.iter().copied().collect()),
+            };
+            (n, F32View { shape, data })
+        })
+        .collect();
+    let result = (|| -> Result<()> {
+        safetensors::serialize_to_file(views, Some(metadata), &tmp).map_err(|e| match e {
+            safetensors::SafeTensorError::IoError(io) => Error::io(&tmp, io),
+            other => Error::format(&tmp, other.to_string()),
+        })?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
