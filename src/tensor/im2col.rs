@@ -106,6 +106,9 @@ pub fn im2col(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
                     let src = &plane[iy as usize * w..(iy as usize + 1) * w];
                     out_row[..x_lo].fill(0.0);
                     out_row[x_hi.max(x_lo)..].fill(0.0);
+                    if x_hi <= x_lo {
+                        continue;
+                    }
                     let ix0 = (x_lo * s + kj) as isize - p;
                     if s == 1 {
                         let n = x_hi - x_lo;
@@ -141,6 +144,9 @@ pub fn col2im(col: &[f32], g: &ConvGeometry, x: &mut [f32]) {
             let (y_lo, y_hi) = g.valid_range(h, oh, ki);
             for kj in 0..k {
                 let (x_lo, x_hi) = g.valid_range(w, ow, kj);
+                if x_hi <= x_lo {
+                    continue;
+                }
                 let row = (c * k + ki) * k + kj;
                 let src = &col[row * oh * ow..(row + 1) * oh * ow];
                 for oy in y_lo..y_hi {
@@ -204,6 +210,8 @@ mod tests {
             (1, 4, 4, 1, 2, 0),
             (2, 6, 5, 3, 2, 0),
             (1, 3, 3, 3, 1, 3),
+            (2, 1, 2, 7, 1, 3),
+            (1, 2, 3, 7, 2, 3),
         ] {
             let g = ConvGeometry::new(c, h, w, k, s, p);
             let x: Vec<f32> = (0..c * h * w).map(|i| (i as f32 * 0.37).sin()).collect();
