@@ -7,6 +7,7 @@
 //! The crate is layered: [`tensor`] holds pure kernels (im2col, GEMM, pooling), [`nn`] the layers
 //! (each with forward and backward side by side), [`train`] optimizers and the training loop.
 
+pub mod data;
 pub mod error;
 pub mod fetch;
 pub mod models;

@@ -381,7 +381,7 @@ impl Model {
     }
 
     /// Calls `f` with each parameter's and buffer's torchvision name.
-    pub fn visit(&self, f: &mut dyn FnMut(&str, &Param)) {
+    pub fn visit<'a>(&'a self, f: &mut dyn FnMut(&str, &'a Param)) {
         self.net.visit("", f);
     }
 

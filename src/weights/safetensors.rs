@@ -82,6 +82,12 @@ impl WeightFile {
         &self.path
     }
 
+    /// True when `ptr` points into the mapped bytes (a tensor read in place).
+    pub fn contains(&self, ptr: *const f32) -> bool {
+        let start = self.map.as_ptr() as usize;
+        (start..start + self.map.len()).contains(&(ptr as usize))
+    }
+
     /// Tensor names, sorted.
     pub fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();

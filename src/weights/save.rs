@@ -15,20 +15,26 @@ use crate::error::{Error, Result};
 struct F32View<'a> {
     shape: Vec<usize>,
     data: Cow<'a, [f32]>,
+    dtype: Dtype,
 }
 
 impl View for F32View<'_> {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        self.dtype
     }
     fn shape(&self) -> &[usize] {
         &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(bytemuck::cast_slice(&self.data))
+        match self.dtype {
+            Dtype::F16 => Cow::Owned(self.data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
+            Dtype::BF16 => Cow::Owned(self.data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()),
+            _ if cfg!(target_endian = "little") => Cow::Borrowed(bytemuck::cast_slice(&self.data)),
+            _ => Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        }
     }
     fn data_len(&self) -> usize {
-        self.data.len() * 4
+        self.data.len() * self.dtype.bitsize() / 8
     }
 }
 
@@ -52,6 +58,22 @@ pub fn save_atomic(
     tensors: Vec<(String, ArrayViewD<'_, f32>)>,
     metadata: HashMap<String, String>,
 ) -> Result<()> {
+    save_atomic_as(path, tensors, metadata, Dtype::F32)
+}
+
+/// As [`save_atomic`], storing every tensor as `dtype` (F32, F16 or BF16).
+///
+/// # Errors
+/// As [`save_atomic`]; [`Error::Config`] for another dtype.
+pub fn save_atomic_as(
+    path: &Path,
+    tensors: Vec<(String, ArrayViewD<'_, f32>)>,
+    metadata: HashMap<String, String>,
+    dtype: Dtype,
+) -> Result<()> {
+    if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        return Err(Error::config("dtype", format!("{dtype:?}: only F32, F16 and BF16 are written")));
+    }
     let tmp = temp_path(path);
     let views: Vec<(String, F32View<'_>)> = tensors
         .into_iter()
@@ -61,7 +83,7 @@ pub fn save_atomic(
                 Some(s) => Cow::Borrowed(s),
                 None => Cow::Owned(a.iter().copied().collect()),
             };
-            (n, F32View { shape, data })
+            (n, F32View { shape, data, dtype })
         })
         .collect();
     let result = (|| -> Result<()> {

@@ -1,0 +1,170 @@
+//! Evaluation preprocessing, torchvision's ImageNet transform: decode → RGB (alpha dropped) →
+//! resize so the shorter side is `resize` (Pillow's bilinear; untouched when already that size)
+//! → centre crop `crop × crop` (offsets rounded half to even, as Python's `round`) → `[0, 1]` →
+//! `(x − mean)/std`. Output `[3, crop, crop]` f32.
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+use ndarray::{Array3, Array4, Axis};
+
+use super::resize::resize_bilinear;
+use crate::error::{Error, Result};
+use crate::models::{MEAN, STD};
+
+/// File extensions read as images.
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
+
+/// The eval transform's settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Preprocess {
+    /// Shorter side after resizing (256).
+    pub resize: u32,
+    /// Side of the centre crop (224).
+    pub crop: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Default for Preprocess {
+    fn default() -> Self {
+        Preprocess {
+            resize: 256,
+            crop: 224,
+            mean: MEAN,
+            std: STD,
+        }
+    }
+}
+
+impl Preprocess {
+    /// Crop `size`, resize `size·256/224` (the ImageNet ratio).
+    pub fn with_size(size: u32) -> Self {
+        Preprocess {
+            resize: size * 256 / 224,
+            crop: size,
+            ..Preprocess::default()
+        }
+    }
+
+    /// Resizes (shorter side to `resize`) and centre-crops, without normalising.
+    pub fn resize_crop(&self, img: &RgbImage) -> RgbImage {
+        let (w, h) = (img.width(), img.height());
+        let (short, long) = (w.min(h), w.max(h));
+        let new_long = (self.resize as u64 * long as u64 / short.max(1) as u64) as u32;
+        let (nw, nh) = if w <= h { (self.resize, new_long) } else { (new_long, self.resize) };
+        let resized = if (nw, nh) == (w, h) { img.clone() } else { resize_bilinear(img, nw, nh) };
+        center_crop(&resized, self.crop)
+    }
+
+    /// Normalises an RGB image into `[3, H, W]`: `(v/255 − mean)/std`.
+    pub fn normalize(&self, img: &RgbImage) -> Array3<f32> {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let mut out = Array3::<f32>::zeros((3, h, w));
+        for (x, y, p) in img.enumerate_pixels() {
+            for c in 0..3 {
+                out[[c, y as usize, x as usize]] = (p.0[c] as f32 / 255.0 - self.mean[c]) / self.std[c];
+            }
+        }
+        out
+    }
+
+    /// The whole transform on a decoded image.
+    pub fn apply(&self, img: &RgbImage) -> Array3<f32> {
+        self.normalize(&self.resize_crop(img))
+    }
+
+    /// Decodes `path` and applies the transform.
+    ///
+    /// # Errors
+    /// [`Error::Image`] naming the file when it cannot be read or decoded.
+    pub fn load(&self, path: &Path) -> Result<Array3<f32>> {
+        Ok(self.apply(&decode(path)?))
+    }
+}
+
+/// Centre crop to `size × size` (zero-padded when the image is smaller, as torchvision).
+pub fn center_crop(img: &RgbImage, size: u32) -> RgbImage {
+    let offset = |n: u32| ((n as f64 - size as f64) / 2.0).round_ties_even() as i64;
+    let (top, left) = (offset(img.height()), offset(img.width()));
+    RgbImage::from_fn(size, size, |x, y| {
+        let (sx, sy) = (x as i64 + left, y as i64 + top);
+        if sx >= 0 && sy >= 0 && (sx as u32) < img.width() && (sy as u32) < img.height() {
+            *img.get_pixel(sx as u32, sy as u32)
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    })
+}
+
+/// Decodes an image file into 8-bit RGB (alpha dropped, as Pillow's `convert("RGB")`).
+///
+/// # Errors
+/// [`Error::Image`] naming the file.
+pub fn decode(path: &Path) -> Result<RgbImage> {
+    let err = |message: String| Error::Image {
+        path: path.to_path_buf(),
+        message,
+    };
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| err(e.to_string()))?
+        .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?;
+    let img = reader.decode().map_err(|e| err(e.to_string()))?;
+    Ok(img.to_rgb8())
+}
+
+/// True when `path` has an image extension.
+pub fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Expands files and directories into image files: a directory becomes the image files below it,
+/// sorted by path; order of the arguments is kept.
+///
+/// # Errors
+/// [`Error::Io`] for a path that does not exist; [`Error::Data`] for a directory with no images.
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
+        if meta.is_dir() {
+            let mut found = Vec::new();
+            walk(input, &mut found)?;
+            found.sort();
+            if found.is_empty() {
+                return Err(Error::data(
+                    input,
+                    format!("no image files ({}) in this directory", IMAGE_EXTENSIONS.join(", ")),
+                ));
+            }
+            out.extend(found);
+        } else {
+            out.push(input.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if is_image(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Stacks `[3, H, W]` images into `[N, 3, H, W]`.
+///
+/// # Panics
+/// Panics if the images differ in shape or there are none.
+pub fn stack(images: &[Array3<f32>]) -> Array4<f32> {
+    let views: Vec<_> = images.iter().map(|a| a.view()).collect();
+    ndarray::stack(Axis(0), &views).expect("images of one shape")
+}
