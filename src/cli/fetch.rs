@@ -96,7 +96,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    if is_new {
+    if is_new && registry::find_manifest(&cache, name)?.is_none() {
         let path = registry::save_user_manifest(&cache, &manifest)?;
         eprintln!("{name}: manifest written to {}", path.display());
     }

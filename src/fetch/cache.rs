@@ -205,3 +205,43 @@ pub fn cached_weights(cache: &Path, name: &str) -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tl-cache-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn missing_weights_say_how_to_fetch() {
+        let d = temp("missing");
+        let e = cached_weights(&d, "resnet18").unwrap_err().to_string();
+        assert!(e.contains("tl fetch resnet18"), "{e}");
+        let e = cached_weights(&d, "nosuch").unwrap_err().to_string();
+        assert!(e.contains("vgg16, resnet18"), "{e}");
+        std::fs::write(weights_path(&d, "resnet18"), b"1234").unwrap();
+        assert_eq!(
+            cached_weights(&d, "resnet18").unwrap(),
+            weights_path(&d, "resnet18")
+        );
+        let record = Record {
+            name: "resnet18".into(),
+            arch: "resnet18".into(),
+            url: String::new(),
+            sha256: "0".repeat(64),
+            size: 5,
+            verified: Verification::Pinned,
+            fetched_at: 0,
+        };
+        write_record(&d, &record).unwrap();
+        assert_eq!(read_record(&d, "resnet18").unwrap(), Some(record));
+        let e = cached_weights(&d, "resnet18").unwrap_err().to_string();
+        assert!(e.contains("--force"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
