@@ -492,6 +492,7 @@ fn not_found_refused_and_stalled_give_clear_errors() {
     let home = temp_home("errors");
     let server = Server::start();
 
+    let before = snapshot(&home);
     let url = server.url("/missing.safetensors");
     let r = tl(
         &home,
@@ -525,6 +526,7 @@ fn not_found_refused_and_stalled_give_clear_errors() {
         r.stderr
     );
     assert!(r.elapsed < Duration::from_secs(15), "{:?}", r.elapsed);
+    assert_eq!(snapshot(&home), before, "a failed fetch changed the cache");
 
     let body = data(SIZE, 9);
     server.route("/stall", body.clone(), Mode::StallAt(SIZE / 2), &[]);

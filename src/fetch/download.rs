@@ -165,7 +165,8 @@ struct PartRecord {
 ///
 /// # Errors
 /// - [`Error::Network`] naming the URL: offline mode, an HTTP error status, a refused
-///   connection, a timeout, or a body cut short, after the retries;
+///   connection, a timeout, or a body cut short, after the retries (the bytes received so far
+///   stay in the part for the next call to resume; when there are none the cache is as it was);
 /// - [`Error::Checksum`] naming the URL and both hashes when the body does not match the
 ///   expected sha256 (the part is deleted, the cache is as it was);
 /// - [`Error::Io`] naming the file for local failures (disk full, permissions).
@@ -208,7 +209,17 @@ pub fn fetch(
 
     let mut part = Part::open(&part_path, &part_record, &manifest.url, observer)?;
     let client = client(options)?;
-    let published = download(&client, &manifest.url, &mut part, options, observer)?;
+    let published = match download(&client, &manifest.url, &mut part, options, observer) {
+        Ok(p) => p,
+        Err(e) => {
+            if part.len == 0 {
+                drop(part.file);
+                remove_if_exists(&part_path)?;
+                remove_if_exists(&part_record)?;
+            }
+            return Err(e);
+        }
+    };
 
     let size = part.len;
     let actual = verify::hex(std::mem::take(&mut part.hasher));
