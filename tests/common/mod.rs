@@ -157,15 +157,15 @@ pub struct Check {
 }
 
 impl Check {
-    /// Train mode, step 1e-2, 1% error: f32 forward passes with an f64 loss. With inputs of
-    /// order 1, rounding puts about 1e-6 of absolute noise on the loss; divided by `2h` that is
-    /// 5e-5 on a gradient of order 1, well inside 1e-2, and the truncation error `h²·f'''/6` of
-    /// smooth layers is about 2e-5. A wrong formula is off by far more.
+    /// Train mode, step 1e-2, 0.2% error: f32 forward passes with an f64 loss. With inputs of
+    /// order 1, rounding puts about 1e-7 to 1e-6 of absolute noise on the loss; divided by `2h`
+    /// that is at most 5e-5 on a gradient of order 1, and the truncation error `h²·f'''/6` of
+    /// smooth layers is about 2e-5. A wrong formula is off by far more (a 2% error fails).
     pub fn train() -> Self {
         Check {
             mode: Mode::Train,
             h: 1e-2,
-            rtol: 1e-2,
+            rtol: 2e-3,
         }
     }
 
@@ -358,5 +358,5 @@ pub fn gradcheck_loss(name: &str, x: &ArrayD<f32>, f: impl Fn(&ArrayD<f32>) -> (
         let down = f(&xp).0 as f64;
         numeric.push((up - down) / (2.0 * h));
     }
-    compare(&format!("{name}: ∂L/∂x"), &analytic, &numeric, 1e-2, 1e-4);
+    compare(&format!("{name}: ∂L/∂x"), &analytic, &numeric, 2e-3, 1e-4);
 }
