@@ -10,8 +10,10 @@
 pub mod data;
 pub mod error;
 pub mod fetch;
+pub mod infer;
 pub mod models;
 pub mod nn;
+pub mod output;
 pub mod tensor;
 pub mod train;
 pub mod weights;

@@ -4,8 +4,12 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod common;
+mod features;
 mod fetch;
+mod inspect;
 mod list;
+mod predict;
 
 /// Transfer learning on images, on the CPU: pretrained VGG16 and ResNet-18, fine-tuning,
 /// prediction and feature extraction.
@@ -25,6 +29,12 @@ enum Command {
     Fetch(fetch::Args),
     /// List the known models and what the cache holds.
     List(list::Args),
+    /// Show a model's layers, output shapes and parameter counts (like Keras's summary).
+    Inspect(inspect::Args),
+    /// Extract one feature vector per image (VGG16 fc7, ResNet-18 pool, or any stage).
+    Features(features::Args),
+    /// Classify images: top-k classes with probabilities.
+    Predict(predict::Args),
     /// Measure kernels and models (GFLOP/s, images/s).
     Bench(bench::Args),
 }
@@ -43,5 +53,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Fetch(a) => fetch::run(a),
         Command::List(a) => list::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Features(a) => features::run(a),
+        Command::Predict(a) => predict::run(a),
     }
 }

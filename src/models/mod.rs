@@ -4,6 +4,7 @@
 
 pub mod head;
 pub mod init;
+pub mod open;
 pub mod resnet18;
 pub mod synthetic;
 pub mod vgg16;
@@ -15,6 +16,7 @@ use ndarray::ArrayD;
 use rand::RngCore;
 
 pub use init::Init;
+pub use open::open;
 
 use crate::error::{Error, Result};
 use crate::nn::{Context, Layer, Param, ParamKind, Sequential};

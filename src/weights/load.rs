@@ -75,18 +75,22 @@ pub fn load_into(
         let e = file.entry(file_name).expect("listed name");
         let numel: usize = e.shape.iter().product();
         let reshaped = file_name != name && numel == p.len();
-        if e.shape != p.shape() && !reshaped {
+        let shape_ok = e.shape == p.shape() || reshaped;
+        let dtype_ok = super::dtype::is_float(e.dtype);
+        if !dtype_ok {
+            problems.push(format!(
+                "tensor {file_name} has dtype {:?}; only F32, F16, BF16 and F64 load",
+                e.dtype
+            ));
+        }
+        if !shape_ok {
             problems.push(format!(
                 "tensor {file_name} has shape {:?}, the model expects {:?}",
                 e.shape,
                 p.shape()
             ));
-        } else if !super::dtype::is_float(e.dtype) {
-            problems.push(format!(
-                "tensor {file_name} has dtype {:?}; only F32, F16, BF16 and F64 load",
-                e.dtype
-            ));
-        } else {
+        }
+        if shape_ok && dtype_ok {
             plan.push((name.to_string(), file_name.to_string()));
         }
     });

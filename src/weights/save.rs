@@ -27,8 +27,18 @@ impl View for F32View<'_> {
     }
     fn data(&self) -> Cow<'_, [u8]> {
         match self.dtype {
-            Dtype::F16 => Cow::Owned(self.data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
-            Dtype::BF16 => Cow::Owned(self.data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()),
+            Dtype::F16 => Cow::Owned(
+                self.data
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
+            Dtype::BF16 => Cow::Owned(
+                self.data
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
             _ if cfg!(target_endian = "little") => Cow::Borrowed(bytemuck::cast_slice(&self.data)),
             _ => Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
         }
@@ -46,6 +56,35 @@ pub fn temp_path(path: &Path) -> PathBuf {
         .unwrap_or_default();
     name.push(format!(".tmp{}", std::process::id()));
     path.with_file_name(name)
+}
+
+/// Writes `path` atomically: `write` fills a temporary file in the same directory, which is then
+/// synced and renamed over `path`. On any failure the temporary file is removed.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
+    use std::io::Write;
+    let tmp = temp_path(path);
+    let result = (|| -> Result<()> {
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut w = std::io::BufWriter::new(file);
+        write(&mut w)
+            .and_then(|_| w.flush())
+            .map_err(|e| Error::io(&tmp, e))?;
+        let file = w
+            .into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Writes `tensors` (f32) and `metadata` to `path` atomically.
@@ -72,7 +111,10 @@ pub fn save_atomic_as(
     dtype: Dtype,
 ) -> Result<()> {
     if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-        return Err(Error::config("dtype", format!("{dtype:?}: only F32, F16 and BF16 are written")));
+        return Err(Error::config(
+            "dtype",
+            format!("{dtype:?}: only F32, F16 and BF16 are written"),
+        ));
     }
     let tmp = temp_path(path);
     let views: Vec<(String, F32View<'_>)> = tensors
