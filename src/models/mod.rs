@@ -358,6 +358,19 @@ impl Model {
         Ok(n)
     }
 
+    /// Sets the drop probability of every Dropout layer, the backbone's included (0 turns them
+    /// off, as for a deterministic training run).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `--dropout` unless `0 ≤ p < 1`.
+    pub fn set_dropout(&mut self, p: f32) -> Result<()> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::config("--dropout", format!("{p} is not in [0, 1)")));
+        }
+        self.net.set_dropout(p);
+        Ok(())
+    }
+
     /// `(total, trainable)` parameter counts (buffers excluded).
     pub fn param_counts(&self) -> (usize, usize) {
         let (mut total, mut trainable) = (0, 0);

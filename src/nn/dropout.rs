@@ -66,4 +66,12 @@ impl Layer for Dropout {
     fn describe(&self) -> String {
         format!("Dropout(p={})", self.p)
     }
+
+    fn set_dropout(&mut self, p: f32) {
+        assert!(
+            (0.0..1.0).contains(&p),
+            "dropout probability must be in [0, 1)"
+        );
+        self.p = p;
+    }
 }

@@ -120,6 +120,9 @@ pub trait Layer: Send + Sync {
         Vec::new()
     }
 
+    /// Sets the drop probability of every Dropout inside (containers pass it on).
+    fn set_dropout(&mut self, _p: f32) {}
+
     /// True when any parameter is trainable.
     fn has_trainable(&self) -> bool {
         let mut any = false;

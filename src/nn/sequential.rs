@@ -119,6 +119,12 @@ impl Layer for Sequential {
         "Sequential".into()
     }
 
+    fn set_dropout(&mut self, p: f32) {
+        for (_, layer) in &mut self.layers {
+            layer.set_dropout(p);
+        }
+    }
+
     fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
         for (name, layer) in &self.layers {
             layer.visit(&join(prefix, name), f);

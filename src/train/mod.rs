@@ -1,7 +1,15 @@
-//! Training: optimizers, regularisation, the fine-tuning loop.
+//! Training: optimizers, regularisation, early stopping, metrics, the fine-tuning loop.
 
+pub mod early_stopping;
+pub mod metrics;
 pub mod optimizer;
 pub mod regularization;
+pub mod trainer;
 
+pub use early_stopping::EarlyStopping;
+pub use metrics::{Confusion, Running};
 pub use optimizer::{zero_grad, Adam, Optimizer, Sgd};
 pub use regularization::Penalty;
+pub use trainer::{
+    evaluate, fit, train_step, Batch, FitSummary, Observer, OptimizerKind, RunFiles, TrainConfig,
+};

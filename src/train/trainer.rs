@@ -1,0 +1,554 @@
+//! The fine-tuning loop: mini-batch steps (forward, cross-entropy, backward through the trainable
+//! suffix only, L1/L2 penalty, optimizer update), validation after each epoch, early stopping on
+//! val_loss that restores the best weights, atomic checkpoints (best and last), a metrics CSV.
+//!
+//! Files next to the checkpoint `OUT.safetensors`: `OUT.last.safetensors` (the last epoch),
+//! `OUT.last.optim.safetensors` (optimizer state, for `--resume`), `OUT.metrics.csv`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ndarray::{Array4, ArrayD, Ix2};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use super::early_stopping::{EarlyStopping, Verdict};
+use super::metrics::{argmax_rows, Confusion, Running};
+use super::optimizer::{zero_grad, Adam, AdamState, Optimizer, Sgd};
+use super::regularization::Penalty;
+use crate::error::{Error, Result};
+use crate::models::Model;
+use crate::nn::loss::cross_entropy;
+use crate::nn::{Context, Layer, ParamKind};
+use crate::weights::{save_atomic, write_atomic, TensorData, WeightFile};
+
+/// A batch: images `[N, 3, S, S]` and class labels.
+pub type Batch = (Array4<f32>, Vec<usize>);
+
+/// Which optimizer, with its own settings (the learning rate is in [`TrainConfig`]).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD with momentum (PyTorch's rule).
+    Sgd { momentum: f32, nesterov: bool },
+    /// Adam with PyTorch's defaults.
+    Adam,
+}
+
+/// Settings of a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub lr: f32,
+    pub optimizer: OptimizerKind,
+    pub l1: f32,
+    pub l2: f32,
+    /// Epochs without val_loss improvement before stopping (0: never stop early).
+    pub patience: usize,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            lr: 1e-3,
+            optimizer: OptimizerKind::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            },
+            l1: 0.0,
+            l2: 0.0,
+            patience: 5,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the numbers.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the flag at fault.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::config(
+                "--lr",
+                format!("{} is not a positive learning rate", self.lr),
+            ));
+        }
+        if self.epochs == 0 {
+            return Err(Error::config("--epochs", "must be at least 1"));
+        }
+        if let OptimizerKind::Sgd { momentum, .. } = self.optimizer {
+            if !(0.0..1.0).contains(&momentum) {
+                return Err(Error::config(
+                    "--momentum",
+                    format!("{momentum} is not in [0, 1)"),
+                ));
+            }
+        }
+        for (flag, v) in [("--l1", self.l1), ("--l2", self.l2)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::config(
+                    flag,
+                    format!("{v} must be a non-negative number"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn penalty(&self) -> Penalty {
+        Penalty {
+            l1: self.l1,
+            l2: self.l2,
+        }
+    }
+
+    /// The optimizer these settings describe.
+    pub fn build_optimizer(&self) -> AnyOptimizer {
+        match self.optimizer {
+            OptimizerKind::Sgd { momentum, nesterov } => {
+                let mut s = Sgd::new(self.lr, momentum);
+                s.nesterov = nesterov;
+                AnyOptimizer::Sgd(s)
+            }
+            OptimizerKind::Adam => AnyOptimizer::Adam(Adam::new(self.lr)),
+        }
+    }
+}
+
+/// SGD or Adam, with state that can be saved and restored.
+pub enum AnyOptimizer {
+    Sgd(Sgd),
+    Adam(Adam),
+}
+
+impl AnyOptimizer {
+    fn as_dyn(&mut self) -> &mut dyn Optimizer {
+        match self {
+            AnyOptimizer::Sgd(s) => s,
+            AnyOptimizer::Adam(a) => a,
+        }
+    }
+
+    /// The state as named tensors (`<param>.momentum`; `<param>.m`, `<param>.v`, `<param>.step`).
+    pub fn state_tensors(&self) -> Vec<(String, ArrayD<f32>)> {
+        match self {
+            AnyOptimizer::Sgd(s) => s
+                .state()
+                .iter()
+                .map(|(n, b)| (format!("{n}.momentum"), b.clone()))
+                .collect(),
+            AnyOptimizer::Adam(a) => a
+                .state()
+                .iter()
+                .flat_map(|(n, s)| {
+                    [
+                        (format!("{n}.m"), s.m.clone()),
+                        (format!("{n}.v"), s.v.clone()),
+                        (
+                            format!("{n}.step"),
+                            ArrayD::from_elem(vec![1], s.step as f32),
+                        ),
+                    ]
+                })
+                .collect(),
+        }
+    }
+
+    /// Restores state saved by [`AnyOptimizer::state_tensors`].
+    pub fn load_state(&mut self, tensors: HashMap<String, ArrayD<f32>>) {
+        match self {
+            AnyOptimizer::Sgd(s) => s.load_state(
+                tensors
+                    .into_iter()
+                    .filter_map(|(n, t)| n.strip_suffix(".momentum").map(|p| (p.to_string(), t)))
+                    .collect(),
+            ),
+            AnyOptimizer::Adam(a) => {
+                let mut state: HashMap<String, AdamState> = HashMap::new();
+                for (n, t) in &tensors {
+                    if let Some(p) = n.strip_suffix(".step") {
+                        if let (Some(m), Some(v)) = (
+                            tensors.get(&format!("{p}.m")),
+                            tensors.get(&format!("{p}.v")),
+                        ) {
+                            state.insert(
+                                p.to_string(),
+                                AdamState {
+                                    step: t.iter().next().copied().unwrap_or(0.0) as u32,
+                                    m: m.clone(),
+                                    v: v.clone(),
+                                },
+                            );
+                        }
+                    }
+                }
+                a.load_state(state);
+            }
+        }
+    }
+}
+
+/// The outcome of one training step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutput {
+    /// Mean cross-entropy of the batch (the penalty excluded).
+    pub loss: f32,
+    /// The L1/L2 penalty added to the loss for the gradient.
+    pub penalty: f32,
+    pub correct: usize,
+    pub count: usize,
+}
+
+/// One optimisation step on a batch: zero the gradients, forward in train mode, cross-entropy,
+/// backward (only as far as the earliest trainable parameter), L1/L2 penalty gradients, update.
+pub fn train_step(
+    model: &mut Model,
+    x: Array4<f32>,
+    labels: &[usize],
+    optimizer: &mut dyn Optimizer,
+    penalty: Penalty,
+    rng: &mut dyn RngCore,
+) -> StepOutput {
+    zero_grad(model.net_mut());
+    let logits = {
+        let mut ctx = Context::train(rng);
+        model.forward(x.into_dyn(), &mut ctx)
+    };
+    let logits = logits
+        .into_dimensionality::<Ix2>()
+        .expect("logits are [N, C]");
+    let (loss, grad) = cross_entropy(logits.view(), labels);
+    model.backward(grad.into_dyn());
+    let reg = penalty.apply(model.net_mut());
+    optimizer.step(model.net_mut());
+    let correct = argmax_rows(logits.view())
+        .iter()
+        .zip(labels)
+        .filter(|(p, t)| p == t)
+        .count();
+    StepOutput {
+        loss,
+        penalty: reg,
+        correct,
+        count: labels.len(),
+    }
+}
+
+/// Mean loss, accuracy and confusion matrix of `model` (eval mode) over `batches`.
+pub fn evaluate(
+    model: &mut Model,
+    batches: impl Iterator<Item = Batch>,
+    classes: usize,
+) -> (Running, Confusion) {
+    let mut running = Running::default();
+    let mut confusion = Confusion::new(classes);
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    for (x, labels) in batches {
+        let mut ctx = Context::eval(&mut rng);
+        let logits = model
+            .forward(x.into_dyn(), &mut ctx)
+            .into_dimensionality::<Ix2>()
+            .expect("logits are [N, C]");
+        let (loss, _) = cross_entropy(logits.view(), &labels);
+        let pred = argmax_rows(logits.view());
+        for (&p, &t) in pred.iter().zip(&labels) {
+            confusion.add(t, p);
+        }
+        running.add(
+            loss,
+            pred.iter().zip(&labels).filter(|(p, t)| p == t).count(),
+            labels.len(),
+        );
+    }
+    (running, confusion)
+}
+
+/// One epoch's numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f32,
+    pub train_acc: f32,
+    pub val_loss: f32,
+    pub val_acc: f32,
+    pub seconds: f32,
+    /// Whether this epoch is the new best (saved to the checkpoint).
+    pub best: bool,
+}
+
+/// What the loop reports as it goes. The library never prints; the CLI renders these.
+pub trait Observer {
+    /// After each training batch: `done` of `total` samples, running loss and accuracy.
+    fn on_batch(&mut self, _epoch: usize, _done: usize, _total: usize, _running: &Running) {}
+    /// After validation.
+    fn on_epoch(&mut self, _record: &EpochRecord) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+
+impl Observer for Quiet {}
+
+/// The end of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FitSummary {
+    pub config: TrainConfig,
+    pub history: Vec<EpochRecord>,
+    pub best_epoch: usize,
+    pub best_val_loss: f32,
+    pub best_val_acc: f32,
+    /// True when early stopping ended the run before `epochs`.
+    pub stopped_early: bool,
+    pub train_samples: usize,
+    pub val_samples: usize,
+}
+
+/// The files a run writes next to its checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunFiles {
+    pub best: PathBuf,
+    pub last: PathBuf,
+    pub optim: PathBuf,
+    pub metrics: PathBuf,
+}
+
+impl RunFiles {
+    /// `OUT.safetensors` → `OUT.last.safetensors`, `OUT.last.optim.safetensors`, `OUT.metrics.csv`.
+    pub fn for_checkpoint(best: &Path) -> Self {
+        let stem = best
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let with = |suffix: &str| best.with_file_name(format!("{stem}{suffix}"));
+        RunFiles {
+            best: best.to_path_buf(),
+            last: with(".last.safetensors"),
+            optim: with(".last.optim.safetensors"),
+            metrics: with(".metrics.csv"),
+        }
+    }
+
+    /// The optimizer-state file that goes with a checkpoint passed to `--resume`.
+    pub fn optim_for(checkpoint: &Path) -> PathBuf {
+        let stem = checkpoint
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        checkpoint.with_file_name(format!("{stem}.optim.safetensors"))
+    }
+}
+
+/// Where a resumed run starts.
+#[derive(Clone, Debug, Default)]
+pub struct Resume {
+    /// Epochs already done.
+    pub history: Vec<EpochRecord>,
+    /// Optimizer state tensors, when they were saved.
+    pub optimizer: Option<HashMap<String, ArrayD<f32>>>,
+}
+
+impl Resume {
+    /// Reads the training summary of a checkpoint and the optimizer state beside it, if any.
+    ///
+    /// # Errors
+    /// [`Error::Format`] naming the file when the summary or the state cannot be read.
+    pub fn from_checkpoint(file: &WeightFile) -> Result<Self> {
+        let history = match file.metadata().get("training") {
+            Some(s) if !s.is_empty() => {
+                let summary: FitSummary = serde_json::from_str(s).map_err(|e| {
+                    Error::format(
+                        file.path(),
+                        format!("metadata \"training\" is not a tl training summary: {e}"),
+                    )
+                })?;
+                summary.history
+            }
+            _ => Vec::new(),
+        };
+        let optim_path = RunFiles::optim_for(file.path());
+        let optimizer = if optim_path.is_file() {
+            let f = WeightFile::open(&optim_path)?;
+            let mut m = HashMap::new();
+            for name in f.names() {
+                let shape = f.entry(name).expect("listed").shape.clone();
+                let v = match f.f32_data(name)? {
+                    TensorData::Mapped(m) => m.as_slice().to_vec(),
+                    TensorData::Owned(v) => v,
+                };
+                m.insert(
+                    name.to_string(),
+                    ArrayD::from_shape_vec(shape, v).expect("length checked"),
+                );
+            }
+            Some(m)
+        } else {
+            None
+        };
+        Ok(Resume { history, optimizer })
+    }
+}
+
+fn snapshot(model: &Model) -> HashMap<String, ArrayD<f32>> {
+    let mut s = HashMap::new();
+    model.visit(&mut |name, p| {
+        if p.trainable() || p.kind() == ParamKind::Buffer {
+            s.insert(name.to_string(), p.value().to_owned());
+        }
+    });
+    s
+}
+
+fn restore(model: &mut Model, snap: &HashMap<String, ArrayD<f32>>) {
+    model.net_mut().visit_mut("", &mut |name, p| {
+        if let Some(v) = snap.get(name) {
+            p.set_value(v.clone());
+        }
+    });
+}
+
+fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
+    write_atomic(path, |w| {
+        writeln!(
+            w,
+            "epoch,train_loss,train_acc,val_loss,val_acc,seconds,best"
+        )?;
+        for r in history {
+            writeln!(
+                w,
+                "{},{},{},{},{},{:.3},{}",
+                r.epoch, r.train_loss, r.train_acc, r.val_loss, r.val_acc, r.seconds, r.best
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// Trains `model` for `config.epochs` epochs (minus those in `resume`), validating after each,
+/// writing the best checkpoint to `files.best` and the last to `files.last`, stopping early after
+/// `config.patience` epochs without a better val_loss. The model ends holding the best weights.
+///
+/// `train(epoch)` and `val()` give the batches of an epoch; `train_samples` sizes the progress.
+///
+/// # Errors
+/// [`Error::NonFinite`] when the loss stops being finite (the best checkpoint is left as it was);
+/// [`Error::Io`] when a file cannot be written.
+#[allow(clippy::too_many_arguments)]
+pub fn fit(
+    model: &mut Model,
+    config: &TrainConfig,
+    train: &mut dyn FnMut(usize) -> Box<dyn Iterator<Item = Batch>>,
+    val: &mut dyn FnMut() -> Box<dyn Iterator<Item = Batch>>,
+    sizes: (usize, usize),
+    files: &RunFiles,
+    resume: Resume,
+    observer: &mut dyn Observer,
+) -> Result<FitSummary> {
+    config.validate()?;
+    let (train_samples, val_samples) = sizes;
+    let mut optimizer = config.build_optimizer();
+    if let Some(state) = resume.optimizer {
+        optimizer.load_state(state);
+    }
+    let penalty = config.penalty();
+    let classes = model.classes().len();
+    let mut stopper = EarlyStopping::new(config.patience);
+    let mut history = resume.history;
+    for r in history.iter() {
+        stopper.update(r.epoch, r.val_loss);
+    }
+    let mut best_snapshot = None;
+    let mut stopped_early = false;
+    let first = history.last().map_or(1, |r| r.epoch + 1);
+    let mut rng =
+        <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(config.seed ^ 0x5eed_d0u64);
+    let summary = |history: &[EpochRecord], stopper: &EarlyStopping, stopped_early| {
+        let best = stopper
+            .best_epoch()
+            .and_then(|e| history.iter().find(|r| r.epoch == e));
+        FitSummary {
+            config: config.clone(),
+            history: history.to_vec(),
+            best_epoch: best.map_or(0, |r| r.epoch),
+            best_val_loss: best.map_or(f32::NAN, |r| r.val_loss),
+            best_val_acc: best.map_or(f32::NAN, |r| r.val_acc),
+            stopped_early,
+            train_samples,
+            val_samples,
+        }
+    };
+    for epoch in first..=config.epochs {
+        let start = Instant::now();
+        let mut running = Running::default();
+        for (step, (x, labels)) in train(epoch).enumerate() {
+            let out = train_step(model, x, &labels, optimizer.as_dyn(), penalty, &mut rng);
+            if !out.loss.is_finite() || !out.penalty.is_finite() {
+                return Err(Error::NonFinite {
+                    value: if out.loss.is_finite() {
+                        out.penalty
+                    } else {
+                        out.loss
+                    },
+                    epoch,
+                    step: step + 1,
+                });
+            }
+            running.add(out.loss, out.correct, out.count);
+            observer.on_batch(epoch, running.count(), train_samples, &running);
+        }
+        let (val_run, _) = evaluate(model, val(), classes);
+        let (val_loss, val_acc) = if val_run.count() > 0 {
+            (val_run.loss(), val_run.accuracy())
+        } else {
+            (running.loss(), running.accuracy())
+        };
+        let verdict = stopper.update(epoch, val_loss);
+        let record = EpochRecord {
+            epoch,
+            train_loss: running.loss(),
+            train_acc: running.accuracy(),
+            val_loss,
+            val_acc,
+            seconds: start.elapsed().as_secs_f32(),
+            best: verdict == Verdict::Improved,
+        };
+        history.push(record.clone());
+        let json =
+            serde_json::to_string(&summary(&history, &stopper, false)).expect("summary serialises");
+        if verdict == Verdict::Improved {
+            model.save_checkpoint(&files.best, &json)?;
+            best_snapshot = Some(snapshot(model));
+        }
+        model.save_checkpoint(&files.last, &json)?;
+        let state = optimizer.state_tensors();
+        save_atomic(
+            &files.optim,
+            state.iter().map(|(n, a)| (n.clone(), a.view())).collect(),
+            HashMap::new(),
+        )?;
+        write_metrics(&files.metrics, &history)?;
+        observer.on_epoch(&record);
+        if verdict == Verdict::Stop {
+            stopped_early = epoch < config.epochs;
+            break;
+        }
+    }
+    if let Some(snap) = &best_snapshot {
+        restore(model, snap);
+    } else if files.best.is_file() {
+        let f = WeightFile::open(&files.best)?;
+        crate::weights::load_into(model.net_mut(), &f, &|_| false, &|_| false)?;
+    }
+    Ok(summary(&history, &stopper, stopped_early))
+}
+
+/// True when the layer tree has a trainable parameter (a model with nothing to train is an
+/// error the CLI reports before starting).
+pub fn has_trainable(model: &Model) -> bool {
+    model.net().has_trainable()
+}
