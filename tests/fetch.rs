@@ -2,7 +2,7 @@
 //! `TL_HOME` in a fresh temporary directory per test. Covers issue 5's acceptance: download,
 //! verify and place, then no request; resume with Range after a cut; a server ignoring Range;
 //! wrong pinned and published hashes; 404, refused connection, stalls; concurrent fetches;
-//! `TL_OFFLINE=1`.
+//! `TL_OFFLINE=1`; and a served synthetic ResNet-18 fetched by name, then `tl predict`.
 
 mod common_http;
 
@@ -676,6 +676,89 @@ fn bad_arguments_name_the_flag() {
         r.stderr
     );
     assert!(!home.exists());
+}
+
+/// Acceptance 7: a served ResNet-18 with deterministic (synthetic) weights, fetched under a
+/// name of its own, is found by `tl predict --model <name>` and predicts exactly as the same file
+/// given with `--weights`; an unfetched built-in model's error says to run `tl fetch`.
+#[test]
+fn fetched_model_predicts_by_name() {
+    use tl::models::{synthetic, Arch, Init, Model};
+
+    let home = temp_home("predict");
+    let work = temp_home("predict-work");
+    std::fs::create_dir_all(&work).unwrap();
+    let weights = work.join("synthetic.safetensors");
+    {
+        let mut m = Model::new(Arch::Resnet18, 1000, Init::Zeros);
+        synthetic::fill(m.net_mut());
+        let mut tensors = Vec::new();
+        m.visit(&mut |n, p| tensors.push((n.to_string(), p.value())));
+        tl::weights::save_atomic(&weights, tensors, Default::default()).unwrap();
+    }
+    let image = work.join("gradient.png");
+    image::RgbImage::from_fn(96, 64, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) % 256) as u8])
+    })
+    .save(&image)
+    .unwrap();
+    let body = std::fs::read(&weights).unwrap();
+    let hash = sha(&body);
+    let server = Server::start();
+    server.route("/synthetic.safetensors", body, Mode::Normal, &[]);
+
+    let img = image.to_str().unwrap();
+    let missing = tl(&home, &["predict", img, "--model", "resnet18"], &[]);
+    assert!(!missing.ok);
+    assert!(
+        missing.stderr.contains("tl fetch resnet18"),
+        "{}",
+        missing.stderr
+    );
+
+    let url = server.url("/synthetic.safetensors");
+    let r = tl(
+        &home,
+        &[
+            "fetch", "synth", "--url", &url, "--arch", "resnet18", "--sha256", &hash,
+        ],
+        &[],
+    );
+    assert!(r.ok, "{}", r.stderr);
+
+    let by_name = tl(
+        &home,
+        &["predict", img, "--model", "synth", "--json", "--topk", "3"],
+        &[("TL_OFFLINE", "1")],
+    );
+    assert!(by_name.ok, "{}", by_name.stderr);
+    let by_file = tl(
+        &home,
+        &[
+            "predict",
+            img,
+            "--model",
+            "resnet18",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--json",
+            "--topk",
+            "3",
+        ],
+        &[],
+    );
+    assert!(by_file.ok, "{}", by_file.stderr);
+    assert!(!by_name.stdout.trim().is_empty());
+    assert_eq!(by_name.stdout, by_file.stdout);
+    let classes = tl::fetch::imagenet_classes();
+    assert!(
+        classes.iter().any(|c| by_name.stdout.contains(c.as_str())),
+        "no ImageNet class name in {}",
+        by_name.stdout
+    );
+    assert_eq!(server.requests().len(), 1);
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&work);
 }
 
 /// Runs a command to completion on a thread, so several can run at once.

@@ -90,9 +90,7 @@ pub fn run(args: Args) -> Result<()> {
             } else {
                 "the sha256 the server published"
             };
-            return Err(anyhow::Error::new(e).context(format!(
-                "{name}: the download did not match {against}; it was deleted and the cache is unchanged"
-            )));
+            bail!("{name}: the download did not match {against}; it was deleted and the cache is unchanged: {e}");
         }
         Err(e) => return Err(e.into()),
     };
