@@ -8,6 +8,7 @@
 //! (each with forward and backward side by side), [`train`] optimizers and the training loop.
 
 pub mod data;
+pub mod demo;
 pub mod error;
 pub mod fetch;
 pub mod infer;

@@ -39,11 +39,12 @@ pub fn run(args: Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| model.arch().default_feature_stage().to_string());
     let stage = model.resolve_stage("--layer", &layer)?;
+    let pre = Preprocess::with_size(model.input_size());
     let bar = progress_bar(paths.len() as u64, "features");
     let features = tl::infer::run_stage(
         &mut model,
         &paths,
-        Preprocess::default(),
+        pre,
         args.batch_size,
         &stage,
         &mut |done| bar.set_position(done as u64),

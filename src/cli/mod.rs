@@ -5,8 +5,11 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod common;
+mod demo;
+mod eval;
 mod features;
 mod fetch;
+mod finetune;
 mod inspect;
 mod list;
 mod predict;
@@ -35,6 +38,12 @@ enum Command {
     Features(features::Args),
     /// Classify images: top-k classes with probabilities.
     Predict(predict::Args),
+    /// Draw a small image set, fine-tune ResNet-18 on it, evaluate and predict: the whole job.
+    Demo(demo::Args),
+    /// Fine-tune a model on a folder of images (freeze, new head, augmentation, early stopping).
+    Finetune(finetune::Args),
+    /// Evaluate a checkpoint on a data folder: accuracy, precision/recall, confusion matrix.
+    Eval(eval::Args),
     /// Measure kernels and models (GFLOP/s, images/s).
     Bench(bench::Args),
 }
@@ -56,5 +65,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Features(a) => features::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::Finetune(a) => finetune::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Demo(a) => demo::run(a),
     }
 }

@@ -38,11 +38,12 @@ pub fn run(args: Args) -> Result<()> {
     let mut model = args.model.open()?;
     let last = *model.stage_names().last().expect("a model has stages");
     let last = last.to_string();
+    let pre = Preprocess::with_size(model.input_size());
     let bar = progress_bar(paths.len() as u64, "predict");
     let logits = run_stage(
         &mut model,
         &paths,
-        Preprocess::default(),
+        pre,
         args.batch_size,
         &last,
         &mut |done| bar.set_position(done as u64),

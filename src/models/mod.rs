@@ -133,6 +133,7 @@ pub struct Model {
     dropout: f32,
     classes: Vec<String>,
     dropped: Vec<String>,
+    input_size: u32,
 }
 
 impl Model {
@@ -152,6 +153,7 @@ impl Model {
             dropout: 0.5,
             classes: (0..classes).map(|i| i.to_string()).collect(),
             dropped: Vec::new(),
+            input_size: 224,
         }
     }
 
@@ -178,6 +180,17 @@ impl Model {
         }
         self.classes = classes;
         Ok(())
+    }
+
+    /// The side of the square input the model was trained at (224 unless fine-tuned with another
+    /// `--image-size`); prediction preprocesses to it.
+    pub fn input_size(&self) -> u32 {
+        self.input_size
+    }
+
+    /// Sets the input side recorded in checkpoints.
+    pub fn set_input_size(&mut self, size: u32) {
+        self.input_size = size;
     }
 
     /// Number of outputs of the last layer.
@@ -371,6 +384,23 @@ impl Model {
         Ok(())
     }
 
+    /// Sets the drop probability of the new head's Dropout layers (the backbone's are kept).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `--dropout` unless `0 ≤ p < 1`.
+    pub fn set_dropout_of_head(&mut self, p: f32) -> Result<()> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::config("--dropout", format!("{p} is not in [0, 1)")));
+        }
+        for (name, layer) in self.net.layers_mut() {
+            if name.starts_with("head.") {
+                layer.set_dropout(p);
+            }
+        }
+        self.dropout = p;
+        Ok(())
+    }
+
     /// `(total, trainable)` parameter counts (buffers excluded).
     pub fn param_counts(&self) -> (usize, usize) {
         let (mut total, mut trainable) = (0, 0);
@@ -504,7 +534,7 @@ impl Model {
         );
         m.insert("mean".into(), json(&MEAN));
         m.insert("std".into(), json(&STD));
-        m.insert("input_size".into(), "224".into());
+        m.insert("input_size".into(), self.input_size.to_string());
         m.insert("training".into(), training.into());
         m
     }
@@ -565,6 +595,11 @@ impl Model {
                 .map_err(|e| Error::format(path, e.to_string()))?;
             m
         };
+        if let Some(size) = meta.get("input_size") {
+            model.input_size = size.parse().map_err(|_| {
+                Error::format(path, "metadata \"input_size\" is not a whole number")
+            })?;
+        }
         load_into(&mut model.net, file, &|_| false, &|_| false)?;
         Ok(model)
     }

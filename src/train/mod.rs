@@ -1,12 +1,14 @@
 //! Training: optimizers, regularisation, early stopping, metrics, the fine-tuning loop.
 
 pub mod early_stopping;
+pub mod finetune;
 pub mod metrics;
 pub mod optimizer;
 pub mod regularization;
 pub mod trainer;
 
 pub use early_stopping::EarlyStopping;
+pub use finetune::{finetune, FinetuneObserver, FinetuneOptions, FinetuneReport};
 pub use metrics::{Confusion, Running};
 pub use optimizer::{zero_grad, Adam, Optimizer, Sgd};
 pub use regularization::Penalty;

@@ -48,6 +48,12 @@ pub struct TrainConfig {
     /// Epochs without val_loss improvement before stopping (0: never stop early).
     pub patience: usize,
     pub seed: u64,
+    /// The validation split used for a flat data folder (recorded so `tl eval` can reproduce it).
+    #[serde(default)]
+    pub val_split: f32,
+    /// Crop side of the training images.
+    #[serde(default)]
+    pub image_size: u32,
 }
 
 impl Default for TrainConfig {
@@ -63,6 +69,8 @@ impl Default for TrainConfig {
             l2: 0.0,
             patience: 5,
             seed: 0,
+            val_split: 0.2,
+            image_size: 224,
         }
     }
 }

@@ -1,0 +1,279 @@
+//! `tl finetune`: fine-tune a pretrained model (or continue a checkpoint) on a folder of images.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use indicatif::ProgressBar;
+use rand::SeedableRng;
+use tl::data::augment::Augment;
+use tl::data::image_folder::Dataset;
+use tl::models::{Init, Model};
+use tl::train::trainer::{EpochRecord, Resume};
+use tl::train::{
+    finetune, FinetuneObserver, FinetuneOptions, Observer, OptimizerKind, Running, TrainConfig,
+};
+use tl::weights::WeightFile;
+
+use super::common::{progress_bar, ModelArgs};
+
+/// Arguments of `tl finetune`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// DATA_DIR/train/<class>/* and DATA_DIR/val/<class>/*, or DATA_DIR/<class>/* (split by --val-split).
+    #[arg(value_name = "DATA_DIR")]
+    data: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Start from torchvision's random initialisation instead of pretrained weights.
+    #[arg(long, conflicts_with = "weights")]
+    from_scratch: bool,
+    /// Freeze every stage before this one (head: train the new head only; conv1: train everything).
+    #[arg(long, value_name = "STAGE", default_value = "head")]
+    freeze_until: String,
+    /// Stage after which the new head attaches (default: fc7 for vgg16, pool for resnet18).
+    #[arg(long, value_name = "STAGE")]
+    cut: Option<String>,
+    /// Hidden widths of the new head, e.g. 256,128 ("" for a single Linear).
+    #[arg(long, value_name = "SPEC", default_value = "")]
+    head: String,
+    /// Dropout probability in the new head.
+    #[arg(long, value_name = "P", default_value_t = 0.5)]
+    dropout: f32,
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    batch_size: usize,
+    /// Learning rate.
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 1e-3,
+        allow_negative_numbers = true
+    )]
+    lr: f32,
+    #[arg(long, value_name = "sgd|adam", default_value = "sgd")]
+    optimizer: String,
+    /// SGD momentum.
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 0.9,
+        allow_negative_numbers = true
+    )]
+    momentum: f32,
+    /// Nesterov momentum for SGD.
+    #[arg(long)]
+    nesterov: bool,
+    /// L1 penalty on trainable weights (not biases).
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    l1: f32,
+    /// L2 penalty on trainable weights (not biases).
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    l2: f32,
+    /// Epochs without a better val_loss before stopping (0: never stop early).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    patience: usize,
+    /// Augmentations: a comma list of flip,translate,rotate,scale,brightness, or none.
+    #[arg(
+        long,
+        value_name = "LIST|none",
+        default_value = "flip,translate,rotate,scale,brightness"
+    )]
+    augment: String,
+    /// Validation share for a DATA_DIR/<class>/* folder.
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 0.2,
+        allow_negative_numbers = true
+    )]
+    val_split: f32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+    /// Batch in dataset order.
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Crop side of the images (resize to N*256/224 first); smaller is faster.
+    #[arg(long, value_name = "N", default_value_t = 224)]
+    image_size: u32,
+    /// Continue the run that wrote this checkpoint (its .last checkpoint keeps the optimizer state).
+    #[arg(long, value_name = "CKPT")]
+    resume: Option<PathBuf>,
+    /// Output checkpoint (best epoch); OUT.last.safetensors and OUT.metrics.csv go beside it.
+    #[arg(short = 'o', long = "output", value_name = "OUT.safetensors")]
+    output: PathBuf,
+}
+
+struct Cli {
+    bar: Option<ProgressBar>,
+    epochs: usize,
+    skipped: usize,
+}
+
+impl Observer for Cli {
+    fn on_batch(&mut self, epoch: usize, done: usize, total: usize, running: &Running) {
+        let bar = self.bar.get_or_insert_with(|| {
+            let b = progress_bar(total as u64, &format!("epoch {epoch}/{}", self.epochs));
+            b.set_message(format!("epoch {epoch}/{}", self.epochs));
+            b
+        });
+        bar.set_position(done as u64);
+        bar.set_message(format!(
+            "epoch {epoch}/{} loss {:.4} acc {:.3}",
+            self.epochs,
+            running.loss(),
+            running.accuracy()
+        ));
+    }
+
+    fn on_epoch(&mut self, r: &EpochRecord) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        eprintln!(
+            "epoch {:>3}/{}  train_loss {:.4}  train_acc {:.3}  val_loss {:.4}  val_acc {:.3}  {:.1}s{}",
+            r.epoch,
+            self.epochs,
+            r.train_loss,
+            r.train_acc,
+            r.val_loss,
+            r.val_acc,
+            r.seconds,
+            if r.best { "  (best, saved)" } else { "" }
+        );
+    }
+}
+
+impl FinetuneObserver for Cli {
+    fn on_decode(&mut self, set: &str, done: usize, total: usize) {
+        let bar = self
+            .bar
+            .get_or_insert_with(|| progress_bar(total as u64, &format!("decoding {set}")));
+        bar.set_position(done as u64);
+        if done == total {
+            if let Some(b) = self.bar.take() {
+                b.finish_and_clear();
+            }
+        }
+    }
+
+    fn on_skipped(&mut self, path: &Path, message: &str) {
+        self.skipped += 1;
+        eprintln!("skipped {}: {message}", path.display());
+    }
+
+    fn on_start(&mut self, data: &Dataset, train: usize, val: usize, new_head: bool) {
+        eprintln!(
+            "data: {} classes ({}), {train} training and {val} validation images{}",
+            data.classes.len(),
+            data.classes.join(", "),
+            if new_head {
+                ""
+            } else {
+                "; continuing the checkpoint's head"
+            }
+        );
+    }
+}
+
+fn config(args: &Args) -> Result<TrainConfig> {
+    let optimizer = match args.optimizer.to_ascii_lowercase().as_str() {
+        "sgd" => OptimizerKind::Sgd {
+            momentum: args.momentum,
+            nesterov: args.nesterov,
+        },
+        "adam" => OptimizerKind::Adam,
+        other => anyhow::bail!("--optimizer: {other:?} is not sgd or adam"),
+    };
+    let c = TrainConfig {
+        epochs: args.epochs,
+        lr: args.lr,
+        optimizer,
+        l1: args.l1,
+        l2: args.l2,
+        patience: args.patience,
+        seed: args.seed,
+        val_split: args.val_split,
+        image_size: args.image_size,
+    };
+    c.validate()?;
+    Ok(c)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let config = config(&args)?;
+    let augment = Augment::parse(&args.augment)?;
+    let (mut model, resume) = match &args.resume {
+        Some(ckpt) => {
+            let file = WeightFile::open(ckpt)?;
+            if !Model::is_checkpoint(&file) {
+                anyhow::bail!("--resume: {} is not a tl checkpoint", ckpt.display());
+            }
+            (
+                Model::from_checkpoint(&file)?,
+                Some(Resume::from_checkpoint(&file)?),
+            )
+        }
+        None if args.from_scratch => {
+            let arch =
+                tl::models::open::arch_of(&args.model.model, &tl::fetch::cache_dir_from_env())?;
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+            eprintln!("starting from random weights (--from-scratch)");
+            (Model::new(arch, 1000, Init::Random(&mut rng)), None)
+        }
+        None => (args.model.open()?, None),
+    };
+    let opts = FinetuneOptions {
+        data_dir: args.data.clone(),
+        freeze_until: args.freeze_until.clone(),
+        cut: args.cut.clone(),
+        head: args.head.clone(),
+        dropout: args.dropout,
+        batch_size: args.batch_size,
+        augment,
+        shuffle: !args.no_shuffle,
+        config,
+        output: args.output.clone(),
+    };
+    let mut cli = Cli {
+        bar: None,
+        epochs: args.epochs,
+        skipped: 0,
+    };
+    let report = finetune(&mut model, &opts, resume, &mut cli)?;
+    let s = &report.summary;
+    let (total, trainable) = model.param_counts();
+    eprintln!(
+        "best epoch {}: val_loss {:.4} val_acc {:.3}{}; {} of {} parameters trained",
+        s.best_epoch,
+        s.best_val_loss,
+        s.best_val_acc,
+        if s.stopped_early {
+            " (stopped early)"
+        } else {
+            ""
+        },
+        trainable,
+        total
+    );
+    if cli.skipped > 0 {
+        eprintln!("skipped {} unreadable file(s)", cli.skipped);
+    }
+    println!(
+        "checkpoint: {} (last: {}, metrics: {})",
+        report.files.best.display(),
+        report.files.last.display(),
+        report.files.metrics.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! Fine-tuning a model on a folder of images in one call: scan the folder, attach a head for its
+//! classes (or keep a checkpoint's head when the classes match), freeze, decode the images once,
+//! then [`fit`] with augmentation, shuffling and early stopping.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rand::SeedableRng;
+
+use super::trainer::{fit, Batch, FitSummary, Observer, Resume, RunFiles, TrainConfig};
+use crate::data::augment::Augment;
+use crate::data::image_folder::{scan, Dataset};
+use crate::data::loader::{batches, load_set, BatchOptions, Loaded};
+use crate::data::Preprocess;
+use crate::error::{Error, Result};
+use crate::models::head::parse_head;
+use crate::models::Model;
+
+/// Everything `tl finetune` takes besides the model.
+#[derive(Clone, Debug)]
+pub struct FinetuneOptions {
+    pub data_dir: PathBuf,
+    /// Stage from which on everything trains (`head`: the new head only).
+    pub freeze_until: String,
+    /// Stage after which a new head attaches (default: the architecture's).
+    pub cut: Option<String>,
+    /// Hidden widths of a new head, as `--head` (`""`: one Linear).
+    pub head: String,
+    pub dropout: f32,
+    pub batch_size: usize,
+    pub augment: Augment,
+    pub shuffle: bool,
+    pub config: TrainConfig,
+    pub output: PathBuf,
+}
+
+/// What the caller hears about besides epochs: decoding progress and unreadable files.
+pub trait FinetuneObserver: Observer {
+    /// `done` of `total` images of `set` ("train" or "val") decoded.
+    fn on_decode(&mut self, _set: &str, _done: usize, _total: usize) {}
+    /// A file that could not be decoded and is skipped.
+    fn on_skipped(&mut self, _path: &std::path::Path, _message: &str) {}
+    /// Training is about to start: the data, the model's trainable share.
+    fn on_start(&mut self, _dataset: &Dataset, _train: usize, _val: usize, _new_head: bool) {}
+}
+
+/// The outcome of a fine-tuning run.
+#[derive(Clone, Debug)]
+pub struct FinetuneReport {
+    pub summary: FitSummary,
+    pub classes: Vec<String>,
+    pub skipped: Vec<(PathBuf, String)>,
+    pub files: RunFiles,
+}
+
+fn check(opts: &FinetuneOptions) -> Result<()> {
+    opts.config.validate()?;
+    if opts.batch_size == 0 {
+        return Err(Error::config("--batch-size", "must be at least 1"));
+    }
+    if !(0.0..1.0).contains(&opts.dropout) {
+        return Err(Error::config(
+            "--dropout",
+            format!("{} is not in [0, 1)", opts.dropout),
+        ));
+    }
+    if opts.config.image_size < 32 {
+        return Err(Error::config(
+            "--image-size",
+            format!("{} is too small (at least 32)", opts.config.image_size),
+        ));
+    }
+    match opts.output.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => Ok(()),
+        _ => Err(Error::config(
+            "-o",
+            format!(
+                "{}: the checkpoint must end in .safetensors",
+                opts.output.display()
+            ),
+        )),
+    }
+}
+
+fn decode(
+    set: &str,
+    samples: &[crate::data::image_folder::Sample],
+    pre: Preprocess,
+    observer: &mut dyn FinetuneObserver,
+) -> Loaded {
+    // `load_set` reports from its worker threads; the observer is not `Sync`, so progress comes
+    // back over a channel and is reported here.
+    let total = samples.len();
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    let loaded = std::thread::scope(|s| {
+        let handle = s.spawn(|| {
+            let tx = std::sync::Mutex::new(tx);
+            load_set(samples, pre, &|n| {
+                let _ = tx.lock().map(|t| t.send(n));
+            })
+        });
+        for n in rx {
+            observer.on_decode(set, n, total);
+        }
+        handle.join().expect("decoding thread")
+    });
+    for (p, m) in &loaded.skipped {
+        observer.on_skipped(p, m);
+    }
+    loaded
+}
+
+/// Fine-tunes `model` on `opts.data_dir`. With `resume`, continues the run that wrote it (the
+/// model must be that checkpoint's).
+///
+/// # Errors
+/// Configuration and data errors before any training (bad flags, a bad `--freeze-until` or `--cut`
+/// stage, a missing folder, one class, an empty class — also when every file of a class failed to
+/// decode); [`Error::NonFinite`] when the loss diverges; [`Error::Io`] writing checkpoints.
+pub fn finetune(
+    model: &mut Model,
+    opts: &FinetuneOptions,
+    resume: Option<Resume>,
+    observer: &mut dyn FinetuneObserver,
+) -> Result<FinetuneReport> {
+    check(opts)?;
+    let dataset = scan(&opts.data_dir, opts.config.val_split, opts.config.seed)?;
+    let keeps_head = model.head_spec().is_some() && model.classes() == dataset.classes.as_slice();
+    if resume.is_some() && !keeps_head {
+        return Err(Error::config(
+            "--resume",
+            format!(
+                "the checkpoint's classes {:?} are not the data's {:?}",
+                model.classes(),
+                dataset.classes
+            ),
+        ));
+    }
+    if !keeps_head {
+        let hidden = parse_head(&opts.head)?;
+        let cut = opts
+            .cut
+            .clone()
+            .unwrap_or_else(|| model.arch().default_cut().to_string());
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.config.seed);
+        model.attach_head(
+            &cut,
+            &hidden,
+            dataset.classes.clone(),
+            opts.dropout,
+            &mut rng,
+        )?;
+    } else {
+        model.set_dropout_of_head(opts.dropout)?;
+    }
+    model.freeze_until(&opts.freeze_until)?;
+    model.set_input_size(opts.config.image_size);
+    let pre = Preprocess::with_size(opts.config.image_size);
+    let train_set = Arc::new(decode("train", &dataset.train, pre, observer));
+    let val_set = Arc::new(decode("val", &dataset.val, pre, observer));
+    for (set, name) in [(&train_set, "train"), (&val_set, "val")] {
+        if name == "val" && dataset.val.is_empty() {
+            continue;
+        }
+        for (c, n) in set.class_counts(dataset.classes.len()).iter().enumerate() {
+            if *n == 0 {
+                return Err(Error::data(
+                    dataset.root.join(&dataset.classes[c]),
+                    format!(
+                        "class {:?} has no readable {name} image",
+                        dataset.classes[c]
+                    ),
+                ));
+            }
+        }
+    }
+    observer.on_start(&dataset, train_set.len(), val_set.len(), !keeps_head);
+    let files = RunFiles::for_checkpoint(&opts.output);
+    let (batch_size, shuffle, seed, augment) = (
+        opts.batch_size,
+        opts.shuffle,
+        opts.config.seed,
+        opts.augment,
+    );
+    let train_clone = train_set.clone();
+    let mut train = move |epoch: usize| -> Box<dyn Iterator<Item = Batch>> {
+        Box::new(batches(
+            train_clone.clone(),
+            BatchOptions {
+                batch_size,
+                shuffle,
+                seed,
+                epoch,
+                augment,
+                pre,
+            },
+        ))
+    };
+    let val_clone = val_set.clone();
+    let mut val = move || -> Box<dyn Iterator<Item = Batch>> {
+        Box::new(batches(
+            val_clone.clone(),
+            BatchOptions::eval(batch_size, pre),
+        ))
+    };
+    let summary = fit(
+        model,
+        &opts.config,
+        &mut train,
+        &mut val,
+        (train_set.len(), val_set.len()),
+        &files,
+        resume.unwrap_or_default(),
+        observer,
+    )?;
+    let mut skipped = train_set.skipped.clone();
+    skipped.extend(val_set.skipped.iter().cloned());
+    Ok(FinetuneReport {
+        summary,
+        classes: dataset.classes,
+        skipped,
+        files,
+    })
+}
