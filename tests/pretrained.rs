@@ -68,19 +68,35 @@ fn vgg16_loads_in_place_from_the_map_and_from_timm_names() {
     let file = WeightFile::open(&path).unwrap();
     let mut m = Model::new(Arch::Vgg16, 1000, Init::Zeros);
     let report = m.load_weights(&file).unwrap();
-    assert_eq!((report.mapped, report.copied), (32, 0), "every f32 tensor read in place");
+    assert_eq!(
+        (report.mapped, report.copied),
+        (32, 0),
+        "every f32 tensor read in place"
+    );
     // Zero-copy: each weight's address lies inside the mapped file's bytes.
     let bytes = std::fs::metadata(&path).unwrap().len() as usize;
     let mut inside = 0;
     m.visit(&mut |name, p| {
-        assert!(p.is_mapped() && file.contains(p.as_ptr()), "{name} was copied");
+        assert!(
+            p.is_mapped() && file.contains(p.as_ptr()),
+            "{name} was copied"
+        );
         inside += p.len() * 4;
     });
-    assert!(inside > bytes - 1_000_000, "{inside} of {bytes} bytes used in place");
-    let x = input().slice(ndarray::s![0..1, .., .., ..]).to_owned().into_dyn();
+    assert!(
+        inside > bytes - 1_000_000,
+        "{inside} of {bytes} bytes used in place"
+    );
+    let x = input()
+        .slice(ndarray::s![0..1, .., .., ..])
+        .to_owned()
+        .into_dyn();
     let want = read_fixture("vgg16.safetensors");
     let fc7 = run(&mut m, x.clone(), "fc7");
-    let want_fc7 = want["fc7"].slice(ndarray::s![0..1, ..]).to_owned().into_dyn();
+    let want_fc7 = want["fc7"]
+        .slice(ndarray::s![0..1, ..])
+        .to_owned()
+        .into_dyn();
     assert_close("mapped vgg16 fc7", &fc7, &want_fc7, 1e-4);
 
     // timm names: pre_logits.fc1 [4096, 512, 7, 7], pre_logits.fc2 [4096, 4096, 1, 1], head.fc.
@@ -101,12 +117,20 @@ fn vgg16_loads_in_place_from_the_map_and_from_timm_names() {
         .collect();
     drop(src);
     let timm_path = dir.join("vgg16-timm.safetensors");
-    save_atomic(&timm_path, timm.iter().map(|(n, a)| (n.clone(), a.view())).collect(), HashMap::new()).unwrap();
+    save_atomic(
+        &timm_path,
+        timm.iter().map(|(n, a)| (n.clone(), a.view())).collect(),
+        HashMap::new(),
+    )
+    .unwrap();
     drop(timm);
     let mut t = load(Arch::Vgg16, &timm_path);
     let logits_timm = run(&mut t, x.clone(), "fc8");
     let logits_tv = run(&mut m, x, "fc8");
-    assert_eq!(logits_timm, logits_tv, "timm-named file gives the same logits");
+    assert_eq!(
+        logits_timm, logits_tv,
+        "timm-named file gives the same logits"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -115,7 +139,10 @@ fn half_precision_files_match_f32_within_their_precision() {
     let dir = tmpdir("half");
     let src = synthetic_model(Arch::Resnet18);
     let want = read_fixture("resnet18.safetensors");
-    for (dtype, rel) in [(safetensors::Dtype::F16, 2e-2), (safetensors::Dtype::BF16, 8e-2)] {
+    for (dtype, rel) in [
+        (safetensors::Dtype::F16, 2e-2),
+        (safetensors::Dtype::BF16, 8e-2),
+    ] {
         let path = dir.join(format!("{dtype:?}.safetensors"));
         tl::weights::save_atomic_as(&path, tensors_of(&src), HashMap::new(), dtype).unwrap();
         let file = WeightFile::open(&path).unwrap();
@@ -125,7 +152,10 @@ fn half_precision_files_match_f32_within_their_precision() {
         assert_eq!(report.copied, 102);
         let pool = run(&mut m, input(), "pool");
         let worst = assert_close(&format!("{dtype:?} pool"), &pool, &want["pool"], rel);
-        assert!(worst > 1e-6, "{dtype:?} should differ from f32 at least a little");
+        assert!(
+            worst > 1e-6,
+            "{dtype:?} should differ from f32 at least a little"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -11,7 +11,9 @@ use tl::nn::{Context, Layer};
 
 /// `tests/fixtures/models/<name>`.
 pub fn fixture_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
 }
 
 /// Every F32 tensor of a fixture file.
