@@ -400,6 +400,33 @@ fn parse_augment_lists() {
 }
 
 #[test]
+fn cropped_augmentation_equals_augment_then_crop() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (w, h, size) in [
+        (41, 32, 28),
+        (32, 45, 28),
+        (32, 32, 28),
+        (20, 25, 28),
+        (33, 40, 33),
+    ] {
+        let img = noise(w, h, (w + h) as u64);
+        for _ in 0..20 {
+            let p = Augment::all().sample(w, h, &mut rng);
+            let want = tl::data::transform::center_crop(&p.apply(&img), size);
+            assert_eq!(p.apply_crop(&img, size), want, "{w}×{h} → {size}, {p:?}");
+        }
+        let identity = AugmentParams::identity();
+        let want = tl::data::transform::center_crop(&img, size);
+        assert_eq!(identity.apply_crop(&img, size), want);
+        let mut a = ChaCha8Rng::seed_from_u64(3);
+        let mut b = ChaCha8Rng::seed_from_u64(3);
+        let full = Augment::all().apply(&img, &mut a);
+        let crop = Augment::all().apply_crop(&img, size, &mut b);
+        assert_eq!(crop, tl::data::transform::center_crop(&full, size));
+    }
+}
+
+#[test]
 fn drawn_parameters_stay_in_range() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let (w, h) = (300, 256);

@@ -19,6 +19,7 @@ use std::fmt;
 use image::{Rgb, RgbImage};
 use rand::Rng;
 
+use super::transform::center_crop;
 use crate::error::{Error, Result};
 
 /// The names `--augment` accepts, in the order they are drawn and printed.
@@ -145,6 +146,15 @@ impl Augment {
         }
         self.sample(img.width(), img.height(), rng).apply(img)
     }
+
+    /// `center_crop(&self.apply(img, rng), size)` with the same draws, computing only the crop.
+    pub fn apply_crop(&self, img: &RgbImage, size: u32, rng: &mut impl Rng) -> RgbImage {
+        if self.is_none() {
+            return center_crop(img, size);
+        }
+        self.sample(img.width(), img.height(), rng)
+            .apply_crop(img, size)
+    }
 }
 
 impl fmt::Display for Augment {
@@ -200,16 +210,35 @@ impl AugmentParams {
 
     /// Flip, warp, brightness; ops at their identity values are skipped.
     pub fn apply(&self, img: &RgbImage) -> RgbImage {
-        let mut out = if self.flip {
-            flip_horizontal(img)
+        self.apply_cropped(img, None)
+    }
+
+    /// `center_crop(&self.apply(img), size)`, computing only the pixels of the crop.
+    pub fn apply_crop(&self, img: &RgbImage, size: u32) -> RgbImage {
+        self.apply_cropped(img, Some(size))
+    }
+
+    fn apply_cropped(&self, img: &RgbImage, crop: Option<u32>) -> RgbImage {
+        let flipped;
+        let src = if self.flip {
+            flipped = flip_horizontal(img);
+            &flipped
         } else {
-            img.clone()
+            img
         };
-        if self.angle_deg != 0.0 || self.scale != 1.0 || self.tx != 0.0 || self.ty != 0.0 {
-            out = affine(&out, self.angle_deg, self.scale, self.tx, self.ty);
-        }
+        let warp = self.angle_deg != 0.0 || self.scale != 1.0 || self.tx != 0.0 || self.ty != 0.0;
+        let mut out = match (warp, crop) {
+            (false, None) => src.clone(),
+            (false, Some(size)) => center_crop(src, size),
+            (true, None) => affine(src, self.angle_deg, self.scale, self.tx, self.ty),
+            (true, Some(size)) => {
+                let offset = |n: u32| ((n as f64 - size as f64) / 2.0).round_ties_even() as i64;
+                let window = (offset(src.width()), offset(src.height()), size, size);
+                affine_window(src, self.angle_deg, self.scale, self.tx, self.ty, window)
+            }
+        };
         if self.brightness != 1.0 {
-            out = brightness(&out, self.brightness);
+            brightness_in_place(&mut out, self.brightness);
         }
         out
     }
@@ -227,44 +256,96 @@ pub fn flip_horizontal(img: &RgbImage) -> RgbImage {
 /// # Panics
 /// Panics if `scale` is not positive.
 pub fn affine(img: &RgbImage, angle_deg: f64, scale: f64, tx: f64, ty: f64) -> RgbImage {
+    let window = (0, 0, img.width(), img.height());
+    affine_window(img, angle_deg, scale, tx, ty, window)
+}
+
+/// The `(left, top, width, height)` window of [`affine`]'s output, computed alone; window pixels
+/// outside the image are black, as [`center_crop`] pads.
+fn affine_window(
+    img: &RgbImage,
+    angle_deg: f64,
+    scale: f64,
+    tx: f64,
+    ty: f64,
+    (left, top, out_w, out_h): (i64, i64, u32, u32),
+) -> RgbImage {
     assert!(scale > 0.0, "affine scale must be positive, got {scale}");
     let (w, h) = (img.width() as i64, img.height() as i64);
     let (cx, cy) = (w as f64 / 2.0, h as f64 / 2.0);
     let (sin, cos) = angle_deg.to_radians().sin_cos();
     let (a, b) = (cos / scale, -sin / scale);
     let (c, d) = (sin / scale, cos / scale);
+    let src = img.as_raw();
+    let at = |x: i64, y: i64| (y * w + x) as usize * 3;
     let pixel = |x: i64, y: i64| -> [f64; 3] {
         if x < 0 || y < 0 || x >= w || y >= h {
             [0.0; 3]
         } else {
-            img.get_pixel(x as u32, y as u32).0.map(f64::from)
+            let i = at(x, y);
+            [src[i] as f64, src[i + 1] as f64, src[i + 2] as f64]
         }
     };
-    RgbImage::from_fn(img.width(), img.height(), |x, y| {
-        let dx = x as f64 + 0.5 - cx - tx;
-        let dy = y as f64 + 0.5 - cy - ty;
-        let u = cx + a * dx + b * dy - 0.5;
-        let v = cy + c * dx + d * dy - 0.5;
-        let (x0, y0) = (u.floor(), v.floor());
-        let (fx, fy) = (u - x0, v - y0);
-        let (x0, y0) = (x0 as i64, y0 as i64);
-        let (p00, p10) = (pixel(x0, y0), pixel(x0 + 1, y0));
-        let (p01, p11) = (pixel(x0, y0 + 1), pixel(x0 + 1, y0 + 1));
-        let mut out = [0u8; 3];
-        for k in 0..3 {
-            let top = p00[k] * (1.0 - fx) + p10[k] * fx;
-            let bottom = p01[k] * (1.0 - fx) + p11[k] * fx;
-            out[k] = (top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8;
+    let mut out = RgbImage::new(out_w, out_h);
+    for (oy, row) in out.chunks_exact_mut(out_w as usize * 3).enumerate() {
+        let y = top + oy as i64;
+        if y < 0 || y >= h {
+            continue;
         }
-        Rgb(out)
-    })
+        let dy = y as f64 + 0.5 - cy - ty;
+        for (ox, px) in row.chunks_exact_mut(3).enumerate() {
+            let x = left + ox as i64;
+            if x < 0 || x >= w {
+                continue;
+            }
+            let dx = x as f64 + 0.5 - cx - tx;
+            let u = cx + a * dx + b * dy - 0.5;
+            let v = cy + c * dx + d * dy - 0.5;
+            let (x0, y0) = (floor(u), floor(v));
+            let (fx, fy) = (u - x0 as f64, v - y0 as f64);
+            let [p00, p10, p01, p11] = if x0 >= 0 && y0 >= 0 && x0 + 1 < w && y0 + 1 < h {
+                let (i, j) = (at(x0, y0), at(x0, y0 + 1));
+                let rgb = |k: usize| [src[k] as f64, src[k + 1] as f64, src[k + 2] as f64];
+                [rgb(i), rgb(i + 3), rgb(j), rgb(j + 3)]
+            } else {
+                [
+                    pixel(x0, y0),
+                    pixel(x0 + 1, y0),
+                    pixel(x0, y0 + 1),
+                    pixel(x0 + 1, y0 + 1),
+                ]
+            };
+            for k in 0..3 {
+                let upper = p00[k] * (1.0 - fx) + p10[k] * fx;
+                let lower = p01[k] * (1.0 - fx) + p11[k] * fx;
+                // Non-negative and at most 255: adding 0.5 and truncating rounds to nearest.
+                px[k] = (upper * (1.0 - fy) + lower * fy + 0.5) as u8;
+            }
+        }
+    }
+    out
 }
 
 /// Multiplies every channel by `factor`, rounding to nearest and clamping to `[0, 255]`.
 pub fn brightness(img: &RgbImage, factor: f32) -> RgbImage {
     let mut out = img.clone();
-    for v in out.iter_mut() {
-        *v = (*v as f32 * factor).round().clamp(0.0, 255.0) as u8;
-    }
+    brightness_in_place(&mut out, factor);
     out
+}
+
+/// `⌊v⌋` for the coordinates of a warp (avoids a libm call on targets without SSE4.1).
+fn floor(v: f64) -> i64 {
+    let t = v as i64;
+    if (t as f64) > v {
+        t - 1
+    } else {
+        t
+    }
+}
+
+fn brightness_in_place(img: &mut RgbImage, factor: f32) {
+    for v in img.iter_mut() {
+        // `as u8` saturates, clamping to [0, 255].
+        *v = (*v as f32 * factor + 0.5) as u8;
+    }
 }

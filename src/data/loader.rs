@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use image::RgbImage;
-use ndarray::{Array4, Axis};
+use ndarray::{Array4, ArrayViewMut3, Axis};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use super::augment::Augment;
 use super::image_folder::Sample;
 use super::resize::resize_bilinear;
-use super::transform::{center_crop, Preprocess};
+use super::transform::Preprocess;
 use crate::error::{Error, Result};
 
 /// Batches built ahead of the consumer.
@@ -265,17 +265,30 @@ pub fn make_batch(
         .into_par_iter()
         .zip(indices.par_iter())
         .for_each(|(mut out, &i)| {
-            let img = &set.images[i];
-            let cropped = if opts.augment.is_none() {
-                center_crop(img, opts.pre.crop)
-            } else {
-                let mut rng = sample_rng(opts.seed, opts.epoch, i);
-                center_crop(&opts.augment.apply(img, &mut rng), opts.pre.crop)
-            };
-            out.assign(&opts.pre.normalize(&cropped));
+            let mut rng = sample_rng(opts.seed, opts.epoch, i);
+            let cropped = opts
+                .augment
+                .apply_crop(&set.images[i], opts.pre.crop, &mut rng);
+            normalize_into(&cropped, &opts.pre, out.view_mut());
         });
     let labels = indices.iter().map(|&i| set.labels[i]).collect();
     (x, labels)
+}
+
+/// [`Preprocess::normalize`] written into `out` (`[3, H, W]`), with the same arithmetic.
+fn normalize_into(img: &RgbImage, pre: &Preprocess, mut out: ArrayViewMut3<'_, f32>) {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let px = img.as_raw();
+    for c in 0..3 {
+        let (mean, std) = (pre.mean[c], pre.std[c]);
+        let mut plane = out.index_axis_mut(Axis(0), c);
+        for y in 0..h {
+            let row = &px[y * w * 3..(y + 1) * w * 3];
+            for (x, o) in plane.row_mut(y).iter_mut().enumerate() {
+                *o = (row[x * 3 + c] as f32 / 255.0 - mean) / std;
+            }
+        }
+    }
 }
 
 /// One epoch's batches of `set`, built on a background thread ahead of the consumer.
