@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 use rand::Rng;
 
 use super::transform::center_crop;
