@@ -1,10 +1,17 @@
 //! Batched inference over image files: decoding and preprocessing run on a background thread (in
 //! parallel across a batch) one batch ahead of the compute.
+//!
+//! Within a batch, the convolutional trunk (the leading layers whose outputs are `[N, C, H, W]`
+//! maps) runs on micro-batches of as many images as there are threads, and the layers after it
+//! (flatten, the fully connected layers) on the whole batch at once. Rows are independent in
+//! eval mode, so the result is the same as one pass over the batch; the peak memory is that of a
+//! micro-batch's activations and im2col buffers, and VGG16's large fc6/fc7 weights are still
+//! read once per batch.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
 
-use ndarray::{Array2, ArrayD, Axis, Ix2};
+use ndarray::{Array2, ArrayD, Axis, Ix2, Slice};
 use rayon::prelude::*;
 
 use crate::data::{stack, Preprocess};
@@ -42,11 +49,14 @@ pub fn run_stage(
     let mut rows: Vec<Array2<f32>> = Vec::new();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let mut done = 0;
+    let mut cached_plan = None;
+    let micro = rayon::current_num_threads().max(1);
     for batch in rx {
         let batch = batch?;
         let n = batch.shape()[0];
+        let plan = *cached_plan.get_or_insert_with(|| Plan::new(model, stage, batch.shape()));
         let mut ctx = Context::eval(&mut rng);
-        let out = model.forward_to(batch, stage, &mut ctx);
+        let out = plan.forward(model, batch, micro, &mut ctx);
         rows.push(flatten_rows(out));
         done += n;
         progress(done);
@@ -59,6 +69,73 @@ pub fn run_stage(
         return Ok(Array2::zeros((0, 0)));
     }
     Ok(ndarray::concatenate(Axis(0), &views).expect("rows of one width"))
+}
+
+/// Where a forward pass up to a stage splits: layers `0..split` (the leading ones whose outputs
+/// are `[N, C, H, W]`) run per micro-batch, layers `split..end` on the whole batch.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    split: usize,
+    end: usize,
+}
+
+impl Plan {
+    /// The plan for `stage` (a canonical stage name) on inputs of `shape` `[N, 3, H, W]`.
+    fn new(model: &Model, stage: &str, shape: &[usize]) -> Plan {
+        let rows = model.summary(1, shape[2]);
+        let stage_of = |unit: &str| {
+            rows.iter()
+                .find(|r| {
+                    r.name == unit
+                        || r.name
+                            .strip_prefix(unit)
+                            .is_some_and(|rest| rest.starts_with('.'))
+                })
+                .map(|r| r.stage.as_str())
+        };
+        let mut plan = Plan { split: 0, end: 0 };
+        let mut out = vec![1, shape[1], shape[2], shape[3]];
+        let mut spatial = true;
+        for (i, (name, layer)) in model.net().layers().enumerate() {
+            if stage_of(name) == Some(stage) {
+                plan.end = i + 1;
+            }
+            out = layer.output_shape(&out);
+            spatial &= out.len() == 4;
+            if spatial {
+                plan.split = i + 1;
+            }
+        }
+        plan.split = plan.split.min(plan.end);
+        plan
+    }
+
+    /// `model` up to the plan's stage on `x`, the trunk `micro` images at a time.
+    fn forward(
+        self,
+        model: &mut Model,
+        x: ArrayD<f32>,
+        micro: usize,
+        ctx: &mut Context<'_>,
+    ) -> ArrayD<f32> {
+        let n = x.shape()[0];
+        let net = model.net_mut();
+        if n <= micro || self.split == 0 {
+            return net.forward_range(x, ctx, 0..self.end);
+        }
+        let parts: Vec<ArrayD<f32>> = (0..n)
+            .step_by(micro)
+            .map(|i| {
+                let xi = x.slice_axis(Axis(0), Slice::from(i..(i + micro).min(n)));
+                net.forward_range(xi.to_owned(), ctx, 0..self.split)
+            })
+            .collect();
+        drop(x);
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        let trunk = ndarray::concatenate(Axis(0), &views).expect("micro-batches of one shape");
+        drop(parts);
+        net.forward_range(trunk, ctx, self.split..self.end)
+    }
 }
 
 /// `[N, …]` → `[N, prod(…)]` in C order.
@@ -85,4 +162,36 @@ pub fn top_k(row: ndarray::ArrayView1<'_, f32>, k: usize) -> Vec<(usize, f32)> {
     let mut idx: Vec<usize> = (0..row.len()).collect();
     idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
     idx.into_iter().take(k).map(|i| (i, row[i])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{Arch, Init};
+    use rand::SeedableRng;
+
+    #[test]
+    fn micro_batches_give_the_rows_of_one_pass_at_every_stage() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut model = Model::new(Arch::Resnet18, 10, Init::Random(&mut rng));
+        let x = crate::models::init::normal(&mut rng, &[5, 3, 48, 48], 1.0);
+        for stage in ["conv1", "conv3", "pool", "fc"] {
+            let plan = Plan::new(&model, stage, x.shape());
+            assert!(
+                plan.split > 0 && plan.split <= plan.end,
+                "{stage}: {plan:?}"
+            );
+            let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+            let want = model.forward_to(x.clone(), stage, &mut Context::eval(&mut r));
+            for micro in [1, 2, 3, 5, 8] {
+                let got = plan.forward(&mut model, x.clone(), micro, &mut Context::eval(&mut r));
+                assert_eq!(got.shape(), want.shape(), "{stage}, micro-batch {micro}");
+                let worst = got
+                    .iter()
+                    .zip(want.iter())
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(worst <= 1e-5, "{stage}, micro-batch {micro}: {worst}");
+            }
+        }
+    }
 }
