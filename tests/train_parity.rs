@@ -95,7 +95,8 @@ fn check(arch: Arch, input: &[usize], fixture_name: &str) {
     model.visit(&mut |n, p| {
         let (start, trainable, kind) = &before[n];
         let now = p.value();
-        if !trainable && !(kind == &ParamKind::Buffer && want.contains_key(n)) {
+        let trained_buffer = kind == &ParamKind::Buffer && want.contains_key(n);
+        if !trainable && !trained_buffer {
             assert!(now == start.view(), "frozen {n} changed");
             return;
         }

@@ -115,8 +115,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!("Model: {} ({source})", model.arch().name());
     println!(
-        "{:<7} {:<22} {:<58} {:<20} {:>12}  {}",
-        "stage", "name", "layer", "output shape", "params", ""
+        "{:<7} {:<22} {:<58} {:<20} {:>12}  state",
+        "stage", "name", "layer", "output shape", "params"
     );
     println!("{}", "-".repeat(132));
     for r in &rows {

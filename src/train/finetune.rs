@@ -158,20 +158,14 @@ pub fn finetune(
     let pre = Preprocess::with_size(opts.config.image_size);
     let train_set = Arc::new(decode("train", &dataset.train, pre, observer));
     let val_set = Arc::new(decode("val", &dataset.val, pre, observer));
-    for (set, name) in [(&train_set, "train"), (&val_set, "val")] {
-        if name == "val" && dataset.val.is_empty() {
-            continue;
-        }
-        for (c, n) in set.class_counts(dataset.classes.len()).iter().enumerate() {
-            if *n == 0 {
-                return Err(Error::data(
-                    dataset.root.join(&dataset.classes[c]),
-                    format!(
-                        "class {:?} has no readable {name} image",
-                        dataset.classes[c]
-                    ),
-                ));
-            }
+    let train_counts = train_set.class_counts(dataset.classes.len());
+    let val_counts = val_set.class_counts(dataset.classes.len());
+    for (c, (t, v)) in train_counts.iter().zip(&val_counts).enumerate() {
+        if t + v == 0 {
+            return Err(Error::data(
+                dataset.root.join(&dataset.classes[c]),
+                format!("class {:?} has no readable image", dataset.classes[c]),
+            ));
         }
     }
     observer.on_start(&dataset, train_set.len(), val_set.len(), !keeps_head);

@@ -473,8 +473,6 @@ pub fn fit(
     let mut best_snapshot = None;
     let mut stopped_early = false;
     let first = history.last().map_or(1, |r| r.epoch + 1);
-    let mut rng =
-        <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(config.seed ^ 0x5eed_d0u64);
     let summary = |history: &[EpochRecord], stopper: &EarlyStopping, stopped_early| {
         let best = stopper
             .best_epoch()
@@ -493,6 +491,10 @@ pub fn fit(
     for epoch in first..=config.epochs {
         let start = Instant::now();
         let mut running = Running::default();
+        // Dropout masks come from (seed, epoch), so a resumed run repeats an uninterrupted one.
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(
+            config.seed ^ 0x005e_edd0_u64 ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
         for (step, (x, labels)) in train(epoch).enumerate() {
             let out = train_step(model, x, &labels, optimizer.as_dyn(), penalty, &mut rng);
             if !out.loss.is_finite() || !out.penalty.is_finite() {

@@ -1,0 +1,385 @@
+//! Fine-tuning end to end: early stopping restores the best epoch, resume repeats an uninterrupted
+//! run, checkpoints are atomic, eval agrees with training, and bad input is a clear error.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ndarray::Array4;
+use rand::SeedableRng;
+use tl::models::{synthetic, Arch, Init, Model};
+use tl::train::trainer::{Batch, Quiet, Resume};
+use tl::train::{fit, RunFiles, TrainConfig};
+use tl::weights::WeightFile;
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tl-finetune-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tl"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env(
+            "TL_HOME",
+            std::env::temp_dir().join("tl-finetune-empty-cache"),
+        )
+        .output()
+        .expect("tl runs")
+}
+
+fn small_model() -> Model {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut m = Model::new(Arch::Resnet18, 1000, Init::Zeros);
+    m.attach_head("pool", &[16], vec!["a".into(), "b".into()], 0.0, &mut rng)
+        .unwrap();
+    synthetic::fill(m.net_mut());
+    m.freeze_until("conv5").unwrap();
+    m
+}
+
+fn head_weights(path: &Path) -> Vec<f32> {
+    let f = WeightFile::open(path).unwrap();
+    match f.f32_data("head.3.weight").unwrap() {
+        tl::weights::TensorData::Mapped(m) => m.as_slice().to_vec(),
+        tl::weights::TensorData::Owned(v) => v,
+    }
+}
+
+/// Training labels y, validation the same images with the labels swapped: fitting the training
+/// set makes val_loss rise.
+fn data() -> (Array4<f32>, Vec<usize>, Vec<usize>) {
+    let x = synthetic::tensor("early", &[4, 3, 32, 32])
+        .into_dimensionality()
+        .unwrap();
+    (x, vec![0, 1, 0, 1], vec![1, 0, 1, 0])
+}
+
+fn run(
+    epochs: usize,
+    files: &RunFiles,
+    resume: Resume,
+    model: &mut Model,
+) -> tl::train::FitSummary {
+    let (x, y, yv) = data();
+    let config = TrainConfig {
+        epochs,
+        lr: 0.05,
+        patience: 2,
+        ..TrainConfig::default()
+    };
+    let (xt, xv) = (x.clone(), x);
+    let mut train = move |_e: usize| -> Box<dyn Iterator<Item = Batch>> {
+        Box::new(std::iter::once((xt.clone(), y.clone())))
+    };
+    let mut val = move || -> Box<dyn Iterator<Item = Batch>> {
+        Box::new(std::iter::once((xv.clone(), yv.clone())))
+    };
+    fit(
+        model,
+        &config,
+        &mut train,
+        &mut val,
+        (4, 4),
+        files,
+        resume,
+        &mut Quiet,
+    )
+    .unwrap()
+}
+
+#[test]
+fn early_stopping_keeps_the_best_epoch() {
+    let dir = tmpdir("early");
+    let files = RunFiles::for_checkpoint(&dir.join("m.safetensors"));
+    let mut model = small_model();
+    let s = run(20, &files, Resume::default(), &mut model);
+    let losses: Vec<f32> = s.history.iter().map(|r| r.val_loss).collect();
+    assert!(
+        losses.windows(2).all(|w| w[1] > w[0]),
+        "val_loss rises: {losses:?}"
+    );
+    assert_eq!(s.history.len(), 3, "best epoch 1, then patience 2");
+    assert!(s.stopped_early);
+    assert_eq!(s.best_epoch, 1);
+    // The checkpoint holds epoch 1's weights: the same as a one-epoch run.
+    let one = dir.join("one.safetensors");
+    let mut m1 = small_model();
+    run(
+        1,
+        &RunFiles::for_checkpoint(&one),
+        Resume::default(),
+        &mut m1,
+    );
+    assert_eq!(head_weights(&files.best), head_weights(&one));
+    assert_ne!(head_weights(&files.best), head_weights(&files.last));
+    // The model in memory was restored to the best weights.
+    let mut mem = Vec::new();
+    model.visit(&mut |n, p| {
+        if n == "head.3.weight" {
+            mem = p.value().iter().copied().collect();
+        }
+    });
+    assert_eq!(mem, head_weights(&files.best));
+    let csv = std::fs::read_to_string(&files.metrics).unwrap();
+    assert_eq!(csv.lines().count(), 4);
+    assert!(csv.lines().nth(1).unwrap().ends_with(",true"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn resume_repeats_an_uninterrupted_run() {
+    let dir = tmpdir("resume");
+    let straight = RunFiles::for_checkpoint(&dir.join("straight.safetensors"));
+    let mut a = small_model();
+    let sa = run(3, &straight, Resume::default(), &mut a);
+    let first = RunFiles::for_checkpoint(&dir.join("first.safetensors"));
+    let mut b = small_model();
+    run(2, &first, Resume::default(), &mut b);
+    let f = WeightFile::open(&first.last).unwrap();
+    let mut c = Model::from_checkpoint(&f).unwrap();
+    c.freeze_until("conv5").unwrap();
+    let resume = Resume::from_checkpoint(&f).unwrap();
+    assert!(
+        resume.optimizer.is_some(),
+        "optimizer state saved beside the last checkpoint"
+    );
+    let second = RunFiles::for_checkpoint(&dir.join("second.safetensors"));
+    let sc = run(3, &second, resume, &mut c);
+    assert_eq!(sc.history.len(), 3);
+    assert_eq!(sc.history[2].train_loss, sa.history[2].train_loss);
+    assert_eq!(head_weights(&second.last), head_weights(&straight.last));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn write_pngs(dir: &Path, class: &str, n: usize, seed: u64) {
+    let d = dir.join(class);
+    std::fs::create_dir_all(&d).unwrap();
+    for i in 0..n {
+        tl::demo::draw((seed as usize) % 3, i, 40, seed)
+            .save(d.join(format!("{i}.png")))
+            .unwrap();
+    }
+}
+
+fn fails_naming(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "error should mention {n:?}: {err}");
+    }
+}
+
+const FAST: [&str; 10] = [
+    "--model",
+    "resnet18",
+    "--from-scratch",
+    "--image-size",
+    "32",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "4",
+    "--no-shuffle",
+];
+
+#[test]
+fn bad_files_are_skipped_and_reported_and_eval_agrees() {
+    let dir = tmpdir("skip");
+    let data = dir.join("data");
+    write_pngs(&data, "circle", 6, 0);
+    write_pngs(&data, "square", 6, 1);
+    // A truncated JPEG and a text file among the images.
+    let mut jpeg = Vec::new();
+    tl::demo::draw(0, 99, 40, 0)
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    std::fs::write(data.join("circle/truncated.jpg"), &jpeg[..jpeg.len() / 3]).unwrap();
+    std::fs::write(data.join("square/notes.png"), "not an image").unwrap();
+    let ckpt = dir.join("m.safetensors");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let mut args = vec![
+        "finetune".to_string(),
+        s(&data),
+        "-o".into(),
+        s(&ckpt),
+        "--freeze-until".into(),
+        "conv5".into(),
+    ];
+    args.extend(FAST.iter().map(|a| a.to_string()));
+    let out = tl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("truncated.jpg") && err.contains("notes.png"),
+        "{err}"
+    );
+    assert!(err.contains("skipped 2 unreadable file(s)"), "{err}");
+    assert!(
+        ckpt.is_file()
+            && dir.join("m.metrics.csv").is_file()
+            && dir.join("m.last.safetensors").is_file()
+    );
+
+    // tl eval on the checkpoint reproduces the best epoch's validation numbers.
+    let metrics = std::fs::read_to_string(dir.join("m.metrics.csv")).unwrap();
+    let best = metrics
+        .lines()
+        .skip(1)
+        .filter(|l| l.ends_with(",true"))
+        .last()
+        .unwrap()
+        .to_string();
+    let cols: Vec<f32> = best
+        .split(',')
+        .skip(1)
+        .take(4)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let out = tl(&["eval", &s(&data), "--model", &s(&ckpt), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        (json["accuracy"].as_f64().unwrap() as f32 - cols[3]).abs() < 1e-6,
+        "{json} vs {best}"
+    );
+    assert!(
+        (json["loss"].as_f64().unwrap() as f32 - cols[2]).abs() < 1e-4 * cols[2].max(1.0),
+        "{json} vs {best}"
+    );
+    assert_eq!(json["confusion"].as_array().unwrap().len(), 2);
+
+    // predict on the checkpoint: its class names and input size.
+    let out = tl(&[
+        "predict",
+        &s(&data.join("circle/0.png")),
+        "--model",
+        &s(&ckpt),
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let class = json[0]["top"][0]["class"].as_str().unwrap().to_string();
+    assert!(class == "circle" || class == "square");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_folders_and_flags_are_clear_errors() {
+    let dir = tmpdir("bad");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let out_ckpt = s(&dir.join("m.safetensors"));
+    let run = |data: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "finetune".to_string(),
+            s(data),
+            "-o".into(),
+            out_ckpt.clone(),
+        ];
+        args.extend(FAST.iter().map(|a| a.to_string()));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        tl(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    fails_naming(&run(&dir.join("nope"), &[]), &["nope"]);
+    let one = dir.join("one");
+    write_pngs(&one, "only", 4, 0);
+    fails_naming(&run(&one, &[]), &["one", "class"]);
+    let empty = dir.join("empty");
+    write_pngs(&empty, "a", 4, 0);
+    std::fs::create_dir_all(empty.join("b")).unwrap();
+    fails_naming(&run(&empty, &[]), &["b"]);
+    let good = dir.join("good");
+    write_pngs(&good, "a", 4, 0);
+    write_pngs(&good, "b", 4, 1);
+    fails_naming(
+        &run(&good, &["--freeze-until", "conv9"]),
+        &[
+            "--freeze-until",
+            "conv9",
+            "conv1, conv2, conv3, conv4, conv5, pool, head",
+        ],
+    );
+    fails_naming(&run(&good, &["--lr", "0"]), &["--lr"]);
+    fails_naming(&run(&good, &["--lr", "-0.1"]), &["--lr"]);
+    fails_naming(
+        &run(&good, &["--augment", "flip,twirl"]),
+        &["--augment", "twirl"],
+    );
+    assert!(
+        !dir.join("m.safetensors").exists(),
+        "no checkpoint from a failed start"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn killing_a_run_never_leaves_a_broken_checkpoint() {
+    let dir = tmpdir("kill");
+    let data = dir.join("data");
+    write_pngs(&data, "a", 8, 0);
+    write_pngs(&data, "b", 8, 1);
+    let ckpt = dir.join("m.safetensors");
+    let last = dir.join("m.last.safetensors");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    // Each run is killed at a different moment after its first checkpoint, while it keeps
+    // rewriting the last checkpoint every epoch; whatever is under the final names must load.
+    for delay_ms in [0u64, 7, 23, 61, 150] {
+        let _ = std::fs::remove_file(&last);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tl"))
+            .args([
+                "finetune",
+                &s(&data),
+                "-o",
+                &s(&ckpt),
+                "--epochs",
+                "1000",
+                "--patience",
+                "0",
+                "--augment",
+                "none",
+            ])
+            .args(&FAST[..5])
+            .args(["--batch-size", "8"])
+            .env(
+                "TL_HOME",
+                std::env::temp_dir().join("tl-finetune-empty-cache"),
+            )
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !last.exists() && start.elapsed().as_secs() < 120 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for path in [&ckpt, &last] {
+            let f = WeightFile::open(path)
+                .unwrap_or_else(|e| panic!("{} unreadable after a kill: {e}", path.display()));
+            Model::from_checkpoint(&f).expect("checkpoint complete after a kill");
+        }
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(
+        leftovers.len() <= 5,
+        "at most one temporary file per killed run: {leftovers:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
