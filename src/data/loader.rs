@@ -9,8 +9,7 @@
 //! when shuffling is off), and image `i`'s augmentation RNG is seeded from `(seed, epoch, i)`, so
 //! batches depend on neither thread scheduling nor batch size.
 
-use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,8 +24,8 @@ use rayon::prelude::*;
 use super::augment::Augment;
 use super::image_folder::Sample;
 use super::resize::resize_bilinear;
-use super::transform::Preprocess;
-use crate::error::{Error, Result};
+use super::transform::{decode, Preprocess};
+use crate::error::Error;
 
 /// Batches built ahead of the consumer.
 pub const PREFETCH: usize = 2;
@@ -71,7 +70,7 @@ pub fn load_set(samples: &[Sample], pre: Preprocess, progress: &(dyn Fn(usize) +
     let results: Vec<_> = samples
         .par_iter()
         .map(|s| {
-            let r = decode_checked(&s.path).map(|img| resize_shorter(&img, pre.resize));
+            let r = decode(&s.path).map(|img| resize_shorter(&img, pre.resize));
             let mut n = done.lock().unwrap();
             *n += 1;
             progress(*n);
@@ -96,77 +95,6 @@ pub fn load_set(samples: &[Sample], pre: Preprocess, progress: &(dyn Fn(usize) +
         }
     }
     set
-}
-
-/// Decodes an image file into 8-bit RGB as [`decode`](super::transform::decode) does, and
-/// also rejects a JPEG whose data ends before its end-of-image marker (the `image` crate's JPEG
-/// decoder fills the missing part with grey; Pillow refuses such a file as truncated).
-///
-/// # Errors
-/// [`Error::Image`] naming the file: unreadable, undecodable or truncated.
-pub fn decode_checked(path: &Path) -> Result<RgbImage> {
-    let err = |message: String| Error::Image {
-        path: path.to_path_buf(),
-        message,
-    };
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    if bytes.starts_with(&[0xFF, 0xD8]) {
-        check_jpeg_complete(&bytes).map_err(|m| err(m.to_string()))?;
-    }
-    let img = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?
-        .decode()
-        .map_err(|e| err(e.to_string()))?;
-    Ok(img.to_rgb8())
-}
-
-/// Walks a JPEG's marker segments and entropy-coded scans from SOI and succeeds on reaching EOI
-/// (bytes after it are allowed). Length-prefixed segments are skipped whole, so an embedded
-/// thumbnail's markers do not count; stray bytes between segments are tolerated as libjpeg does.
-fn check_jpeg_complete(b: &[u8]) -> std::result::Result<(), &'static str> {
-    const TRUNCATED: &str = "truncated JPEG: the data ends before the end-of-image marker";
-    let mut pos = 2;
-    loop {
-        // Next marker: 0xFF (fill bytes allowed) followed by a code other than 0x00 and 0xFF.
-        while pos + 1 < b.len() && !(b[pos] == 0xFF && b[pos + 1] != 0x00 && b[pos + 1] != 0xFF) {
-            pos += 1;
-        }
-        if pos + 1 >= b.len() {
-            return Err(TRUNCATED);
-        }
-        let marker = b[pos + 1];
-        pos += 2;
-        match marker {
-            0xD9 => return Ok(()),
-            0x01 | 0xD0..=0xD7 => continue,
-            _ => {}
-        }
-        if pos + 2 > b.len() {
-            return Err(TRUNCATED);
-        }
-        let len = usize::from(u16::from_be_bytes([b[pos], b[pos + 1]]));
-        if len < 2 {
-            return Err("corrupt JPEG: a segment length below 2");
-        }
-        pos += len;
-        if pos > b.len() {
-            return Err(TRUNCATED);
-        }
-        if marker == 0xDA {
-            // Entropy-coded data: 0xFF is followed by 0x00 (stuffing), a restart marker, a fill
-            // 0xFF, or the next real marker.
-            loop {
-                if pos + 1 >= b.len() {
-                    return Err(TRUNCATED);
-                }
-                if b[pos] == 0xFF && !matches!(b[pos + 1], 0x00 | 0xD0..=0xD7 | 0xFF) {
-                    break;
-                }
-                pos += 1;
-            }
-        }
-    }
 }
 
 /// Resizes so the shorter side is `size` (the longer side `⌊size·long/short⌋`), as

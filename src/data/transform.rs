@@ -111,21 +111,75 @@ pub fn center_crop(img: &RgbImage, size: u32) -> RgbImage {
     })
 }
 
-/// Decodes an image file into 8-bit RGB (alpha dropped, as Pillow's `convert("RGB")`).
+/// Decodes an image file into 8-bit RGB (alpha dropped, as Pillow's `convert("RGB")`). A JPEG
+/// whose data ends before its end-of-image marker is rejected as truncated (the `image` crate's
+/// decoder would fill the missing part with grey; Pillow refuses such a file).
 ///
 /// # Errors
-/// [`Error::Image`] naming the file.
+/// [`Error::Image`] naming the file: unreadable, undecodable or truncated.
 pub fn decode(path: &Path) -> Result<RgbImage> {
     let err = |message: String| Error::Image {
         path: path.to_path_buf(),
         message,
     };
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| err(e.to_string()))?
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        check_jpeg_complete(&bytes).map_err(|m| err(m.to_string()))?;
+    }
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?
+        .decode()
         .map_err(|e| err(e.to_string()))?;
-    let img = reader.decode().map_err(|e| err(e.to_string()))?;
     Ok(img.to_rgb8())
+}
+
+/// Walks a JPEG's marker segments and entropy-coded scans from SOI and succeeds on reaching EOI
+/// (bytes after it are allowed). Length-prefixed segments are skipped whole, so an embedded
+/// thumbnail's markers do not count; stray bytes between segments are tolerated as libjpeg does.
+fn check_jpeg_complete(b: &[u8]) -> std::result::Result<(), &'static str> {
+    const TRUNCATED: &str = "truncated JPEG: the data ends before the end-of-image marker";
+    let mut pos = 2;
+    loop {
+        // Next marker: 0xFF (fill bytes allowed) followed by a code other than 0x00 and 0xFF.
+        while pos + 1 < b.len() && !(b[pos] == 0xFF && b[pos + 1] != 0x00 && b[pos + 1] != 0xFF) {
+            pos += 1;
+        }
+        if pos + 1 >= b.len() {
+            return Err(TRUNCATED);
+        }
+        let marker = b[pos + 1];
+        pos += 2;
+        match marker {
+            0xD9 => return Ok(()),
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        if pos + 2 > b.len() {
+            return Err(TRUNCATED);
+        }
+        let len = usize::from(u16::from_be_bytes([b[pos], b[pos + 1]]));
+        if len < 2 {
+            return Err("corrupt JPEG: a segment length below 2");
+        }
+        pos += len;
+        if pos > b.len() {
+            return Err(TRUNCATED);
+        }
+        if marker == 0xDA {
+            // Entropy-coded data: 0xFF is followed by 0x00 (stuffing), a restart marker, a fill
+            // 0xFF, or the next real marker.
+            loop {
+                if pos + 1 >= b.len() {
+                    return Err(TRUNCATED);
+                }
+                if b[pos] == 0xFF && !matches!(b[pos + 1], 0x00 | 0xD0..=0xD7 | 0xFF) {
+                    break;
+                }
+                pos += 1;
+            }
+        }
+    }
 }
 
 /// True when `path` has an image extension.
