@@ -32,6 +32,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -117,6 +118,7 @@ def make_weights(directory: str, model: str) -> str:
 class Run:
     wall: float  # seconds, the whole process
     maxrss_mib: float  # the child's own peak RSS
+    cpu: float  # user + system seconds of the child (and of children it waited for)
     load: float  # 1-minute load average just before the run
     report: dict  # what the child printed as JSON on its last stdout line, if anything
 
@@ -138,7 +140,7 @@ def run_child(cmd: List[str], env: dict, log: str) -> Run:
         lines = [l for l in f.read().splitlines() if l.startswith("{")]
         if lines:
             report = json.loads(lines[-1])
-    return Run(wall, ru.ru_maxrss / 1024.0, load, report)
+    return Run(wall, ru.ru_maxrss / 1024.0, ru.ru_utime + ru.ru_stime, load, report)
 
 
 def child_env(threads: int) -> dict:
@@ -183,7 +185,7 @@ def features_job(args, work: str) -> List[Case]:
         tl_out = os.path.join(work, f"tl-{model}.npy")
         torch_out = os.path.join(work, f"torch-{model}.npy")
         tl_cmd = [
-            TL, "--threads", str(args.threads), "features", images, "--model", model,
+            args.tl, "--threads", str(args.threads), "features", images, "--model", model,
             "--weights", weights[model], "--layer", stage, "-o", tl_out,
             "--batch-size", str(args.batch_size),
         ]
@@ -348,6 +350,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--torch-workers", type=int, default=0,
                    help="DataLoader worker processes for PyTorch (0: load in the main process)")
+    p.add_argument("--tl", default=TL, help="the tl binary (default: target/release/tl)")
     p.add_argument("--workdir", help="keep generated files here and reuse them (default: a "
                    "temporary directory, deleted at the end)")
     args = p.parse_args()
@@ -355,8 +358,8 @@ def main() -> None:
     for m in args.models:
         if m not in FEATURE_STAGE:
             sys.exit(f"--models: unknown model {m!r} (known: {', '.join(FEATURE_STAGE)})")
-    if not os.path.exists(TL):
-        sys.exit(f"{os.path.relpath(TL)} not found: run `cargo build --release` first")
+    if not os.path.exists(args.tl):
+        sys.exit(f"{os.path.relpath(args.tl)} not found: run `cargo build --release` first")
     command = "python3 scripts/bench_vs_torch.py " + shlex.join(sys.argv[1:])
 
     tmp = None
@@ -366,6 +369,11 @@ def main() -> None:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="tl-bench-")
         work = tmp.name
+    # A private copy, so that a rebuild of target/release during the run cannot swap binaries.
+    snapshot = os.path.join(work, "tl-under-test")
+    shutil.copy2(args.tl, snapshot)
+    tl_label = os.path.relpath(args.tl, ROOT)
+    args.tl = snapshot
     print(f"preparing inputs in {work} ...", file=sys.stderr)
     cases = JOBS[args.job](args, work)
     env = child_env(args.threads)
@@ -381,11 +389,13 @@ def main() -> None:
                 run = run_child(cmd, env, log)
                 runs[c.name][tool].append(run)
                 print(f"round {r + 1}/{args.rounds} {c.name:14} {tool:5} {run.wall:7.2f} s "
-                      f"{c.items / run.wall:7.2f} img/s  {run.maxrss_mib:7.0f} MiB  "
+                      f"{c.items / run.wall:7.2f} img/s  cpu {run.cpu:6.2f} s  {run.maxrss_mib:6.0f} MiB  "
                       f"load {run.load:.2f}", file=sys.stderr)
             if c.name not in checks:
                 checks[c.name] = c.check()
 
+    rev = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
+                         capture_output=True, text=True).stdout.strip() or "unknown"
     loads = [x.load for c in cases for t in ("tl", "torch") for x in runs[c.name][t]]
     print()
     print(f"`{command}`")
@@ -393,7 +403,8 @@ def main() -> None:
     print(f"{args.job}, {args.images} images (JPEG+PNG, 256x256 and 320x240), batch "
           f"{args.batch_size}, {args.threads} threads each, {args.rounds} rounds interleaved; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load average "
-          f"{min(loads):.2f}-{max(loads):.2f} during the runs.")
+          f"{min(loads):.2f}-{max(loads):.2f} during the runs; tl = {tl_label} (repository at "
+          f"{rev}).")
     print()
     print("| job | tl img/s | PyTorch img/s | tl / PyTorch (per-round range) | "
           "PyTorch img/s without `import torch` | tl / that | tl peak RSS | PyTorch peak RSS | "
@@ -411,6 +422,15 @@ def main() -> None:
               f"**{th_wall / tl_wall:.2f}×** ({min(pair):.2f}–{max(pair):.2f}) | "
               f"{c.items / th_warm:.2f} | {th_warm / tl_wall:.2f}× | {tl_rss:.0f} MiB | "
               f"{th_rss:.0f} MiB | **{tl_rss / th_rss:.2f}** | {checks[c.name]} |")
+    print()
+    print("CPU time (user + system, all threads), median seconds per image; less sensitive than "
+          "wall time to other processes on the machine:")
+    print()
+    for c in cases:
+        tl_cpu = median([x.cpu for x in runs[c.name]["tl"]]) / c.items
+        th_cpu = median([x.cpu for x in runs[c.name]["torch"]]) / c.items
+        print(f"- {c.name}: tl {tl_cpu:.3f} s, PyTorch {th_cpu:.3f} s "
+              f"(PyTorch / tl = {th_cpu / tl_cpu:.2f})")
     print()
     floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(f"Peak RSS floor (this driver's own, inherited by each child at fork): {floor:.0f} MiB.")
