@@ -90,10 +90,34 @@ def run(model: nn.Module, head: nn.Module, trainable_prefixes, x, y, path: str) 
     print(path, "losses", losses, "tensors", len(out))
 
 
+def regularization() -> None:
+    """L1/L2 added to the loss by hand over the trainable weights (not biases), as Keras's
+    regularizers: R = l1 * sum|w| + l2 * sum w^2; the first Linear is frozen."""
+    net = nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 3))
+    synthetic.fill(net)
+    net[0].weight.requires_grad_(False)
+    net[0].bias.requires_grad_(False)
+    x = torch.from_numpy(synthetic.tensor("reg/x", (4, 7)))
+    y = torch.tensor([0, 2, 1, 2])
+    l1, l2 = 0.01, 0.02
+    ce = nn.functional.cross_entropy(net(x), y)
+    w = net[2].weight
+    penalty = l1 * w.abs().sum() + l2 * (w * w).sum()
+    (ce + penalty).backward()
+    out = {
+        "ce": np.array([ce.item()], dtype=np.float32),
+        "penalty": np.array([penalty.item()], dtype=np.float32),
+        "2.weight.grad": net[2].weight.grad.numpy(),
+        "2.bias.grad": net[2].bias.grad.numpy(),
+    }
+    save_file(out, os.path.join(OUT, "regularization.safetensors"))
+
+
 def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
     os.makedirs(OUT, exist_ok=True)
+    regularization()
     y = torch.tensor([0, 1, 2, 1])
 
     resnet = torchvision.models.resnet18()
