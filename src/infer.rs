@@ -138,6 +138,14 @@ impl Plan {
     }
 }
 
+/// Inference on a batch already in memory (`[N, 3, S, S]`, preprocessed): the output of `stage`,
+/// one flattened row per image. Eval mode; nothing is kept for a backward pass.
+pub fn forward_stage(model: &mut Model, batch: ndarray::Array4<f32>, stage: &str) -> Array2<f32> {
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let mut ctx = Context::eval(&mut rng);
+    flatten_rows(model.forward_to(batch.into_dyn(), stage, &mut ctx))
+}
+
 /// `[N, …]` → `[N, prod(…)]` in C order.
 pub fn flatten_rows(x: ArrayD<f32>) -> Array2<f32> {
     let n = x.shape()[0];
