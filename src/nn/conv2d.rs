@@ -3,17 +3,23 @@
 //! `x` `[N, C, H, W]`, `W` `[C_out, C, k, k]`, `b` `[C_out]`, `y` `[N, C_out, OH, OW]` with
 //! `OH = floor((H + 2P − k)/S) + 1`. Per image: `y[n] = W·col(x[n]) + b`, `W` seen as
 //! `[C_out, C·k·k]`. Backward: `∂W += Σₙ g[n]·col(x[n])ᵀ`, `∂b += Σ g`,
-//! `∂x[n] = col2im(Wᵀ·g[n])`. Images run in parallel when the batch has at least as many images
-//! as threads; otherwise each product is split across threads.
+//! `∂x[n] = col2im(Wᵀ·g[n])`.
+//!
+//! The column matrix is built a tile at a time (a band of output rows, about [`TILE_BYTES`]), so
+//! it stays in cache between im2col and the product and its buffer stays small. Tiles (forward)
+//! or images (backward) run in parallel, each product on one thread, when there are enough of
+//! them to keep every thread busy; otherwise they run in turn, each product split across threads.
 
-use ndarray::{Array4, ArrayD, ArrayView2, ArrayViewMut2, Ix4};
+use std::ops::Range;
+
+use ndarray::{s, Array2, Array3, Array4, ArrayD, ArrayView2, ArrayViewMut2, Axis, Ix4};
 use rand::RngCore;
 use rayon::prelude::*;
 
 use super::linear::uniform;
 use super::{join, Context, Layer, Param, ParamKind, NO_FORWARD};
 use crate::tensor::gemm::{matmul, Threads};
-use crate::tensor::im2col::{col2im, im2col, ConvGeometry};
+use crate::tensor::im2col::{col2im_rows, im2col_rows, ConvGeometry};
 
 /// `nn.Conv2d` with a square kernel.
 pub struct Conv2d {
@@ -127,87 +133,128 @@ impl Conv2d {
     }
 }
 
-/// Runs `f(image index, chunk)` over the `per`-sized chunks of `data`, in parallel across images
-/// when there are at least as many images as threads. `f` is told which GEMM threading to use.
-fn for_each_image<T: Send>(
-    data: &mut [f32],
-    per: usize,
-    init: impl Fn() -> T + Sync + Send,
-    f: impl Fn(&mut T, usize, &mut [f32], Threads) + Sync + Send,
-) -> Vec<T> {
-    let n = data.len().checked_div(per).unwrap_or(0);
-    if n >= rayon::current_num_threads() && n > 1 {
-        data.par_chunks_mut(per)
-            .enumerate()
-            .fold(&init, |mut state, (i, chunk)| {
-                f(&mut state, i, chunk, Threads::One);
-                state
-            })
-            .collect()
+/// Target size of one tile of the column matrix: small enough to stay in cache next to the
+/// weights while the product consumes it.
+pub const TILE_BYTES: usize = 2 << 20;
+
+/// A tile spans at least this many columns (output positions), so the product stays wide.
+const MIN_TILE_COLS: usize = 256;
+
+/// Output rows per tile: about [`TILE_BYTES`] of columns, at least [`MIN_TILE_COLS`] columns,
+/// balanced so that the tiles of an image are of (nearly) equal height.
+fn tile_rows(g: &ConvGeometry) -> usize {
+    let (oh, ow) = (g.out_height.max(1), g.out_width.max(1));
+    let by_bytes = TILE_BYTES / (g.col_rows() * ow * 4).max(1);
+    let rows = by_bytes.max(MIN_TILE_COLS.div_ceil(ow)).clamp(1, oh);
+    oh.div_ceil(oh.div_ceil(rows))
+}
+
+/// Whether `jobs` independent jobs should run in parallel (each product on one thread) rather
+/// than in turn (each product split across threads): when every thread gets the same number of
+/// jobs, or so many that the imbalance is small.
+fn parallel_jobs(jobs: usize) -> bool {
+    let threads = rayon::current_num_threads();
+    threads > 1 && jobs >= threads && (jobs % threads == 0 || jobs >= 4 * threads)
+}
+
+/// Standard (C-order, contiguous) layout, copying only when needed.
+fn standard(x: Array4<f32>) -> Array4<f32> {
+    if x.is_standard_layout() {
+        x
     } else {
-        let mut state = init();
-        for (i, chunk) in data.chunks_mut(per.max(1)).enumerate() {
-            f(&mut state, i, chunk, Threads::Pool);
-        }
-        vec![state]
+        x.as_standard_layout().into_owned()
     }
+}
+
+/// The column matrix of output rows `rows` of image `xi`: `xi` itself (as a view of the tile's
+/// columns) for a 1×1, stride-1, unpadded kernel, otherwise built into `buf`.
+fn columns<'a>(
+    xi: &'a [f32],
+    g: &ConvGeometry,
+    rows: Range<usize>,
+    buf: &'a mut Vec<f32>,
+) -> ArrayView2<'a, f32> {
+    let (k, ow) = (g.col_rows(), g.out_width);
+    let cols = ow * rows.len();
+    if g.is_identity() {
+        ArrayView2::from_shape((k, g.col_cols()), xi)
+            .expect("image shape")
+            .slice_move(s![.., rows.start * ow..rows.end * ow])
+    } else {
+        buf.resize(k * cols, 0.0);
+        im2col_rows(xi, g, rows, buf);
+        ArrayView2::from_shape((k, cols), &buf[..]).expect("tile shape")
+    }
+}
+
+/// Per-worker state of the backward pass: a column buffer and a partial `∂W`.
+struct Partial {
+    buf: Vec<f32>,
+    dw: Option<Array2<f32>>,
 }
 
 impl Layer for Conv2d {
     fn forward(&mut self, x: ArrayD<f32>, ctx: &mut Context<'_>) -> ArrayD<f32> {
-        let x = x
-            .into_dimensionality::<Ix4>()
-            .expect("Conv2d expects [N, C, H, W]")
-            .as_standard_layout()
-            .into_owned();
+        let x = standard(
+            x.into_dimensionality::<Ix4>()
+                .expect("Conv2d expects [N, C, H, W]"),
+        );
         let g = self.geometry(x.shape());
         let (n, co) = (x.shape()[0], self.out_channels());
-        let (rows, cols) = (g.col_rows(), g.col_cols());
         let w = self.weight_matrix();
         let xs = x.as_slice().expect("standard layout");
         let per_in = g.channels * g.height * g.width;
-        let mut y = Array4::<f32>::zeros((n, co, g.out_height, g.out_width));
         let bias = self
             .bias
             .as_ref()
             .map(|b| b.value().iter().copied().collect::<Vec<_>>());
-        for_each_image(
-            y.as_slice_mut().expect("fresh array"),
-            co * cols,
-            Vec::new,
-            |col: &mut Vec<f32>, i, yi, threads| {
-                let xi = &xs[i * per_in..(i + 1) * per_in];
-                let colv = if g.is_identity() {
-                    ArrayView2::from_shape((rows, cols), xi).expect("col shape")
-                } else {
-                    col.resize(rows * cols, 0.0);
-                    im2col(xi, &g, col);
-                    ArrayView2::from_shape((rows, cols), &col[..]).expect("col shape")
-                };
-                let yv = ArrayViewMut2::from_shape((co, cols), yi).expect("out shape");
-                matmul(w, colv, yv, false, threads);
-                if let Some(b) = &bias {
-                    for (row, bv) in yi.chunks_mut(cols).zip(b) {
-                        row.iter_mut().for_each(|v| *v += bv);
-                    }
+        let band = tile_rows(&g);
+        let mut y = Array3::<f32>::zeros((n, co, g.col_cols()));
+        let mut jobs = Vec::new();
+        for (i, mut rest) in y.axis_iter_mut(Axis(0)).enumerate() {
+            for t in (0..g.out_height).step_by(band) {
+                let rows = t..(t + band).min(g.out_height);
+                let (tile, tail) = rest.split_at(Axis(1), rows.len() * g.out_width);
+                jobs.push((i, rows, tile));
+                rest = tail;
+            }
+        }
+        let run = |buf: &mut Vec<f32>,
+                   (i, rows, mut yt): (usize, Range<usize>, ArrayViewMut2<'_, f32>),
+                   threads| {
+            let col = columns(&xs[i * per_in..(i + 1) * per_in], &g, rows, buf);
+            matmul(w, col, yt.view_mut(), false, threads);
+            if let Some(b) = &bias {
+                for (mut row, bv) in yt.axis_iter_mut(Axis(0)).zip(b) {
+                    row += *bv;
                 }
-            },
-        );
+            }
+        };
+        if parallel_jobs(jobs.len()) {
+            jobs.into_par_iter()
+                .for_each_init(Vec::new, |buf, job| run(buf, job, Threads::One));
+        } else {
+            let mut buf = Vec::new();
+            for job in jobs {
+                run(&mut buf, job, Threads::Pool);
+            }
+        }
         self.cache = ctx.tracks(self.has_trainable()).then(|| Cache {
             input_shape: [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]],
             input: self.weight.trainable().then_some(x),
             input_grad: ctx.input_grad,
         });
-        y.into_dyn()
+        y.into_shape_with_order((n, co, g.out_height, g.out_width))
+            .expect("output shape")
+            .into_dyn()
     }
 
     fn backward(&mut self, grad: ArrayD<f32>) -> Option<ArrayD<f32>> {
         let cache = self.cache.take().expect(NO_FORWARD);
-        let grad = grad
-            .into_dimensionality::<Ix4>()
-            .expect("Conv2d gradient is [N, C_out, OH, OW]")
-            .as_standard_layout()
-            .into_owned();
+        let grad = standard(
+            grad.into_dimensionality::<Ix4>()
+                .expect("Conv2d gradient is [N, C_out, OH, OW]"),
+        );
         let g = self.geometry(&cache.input_shape);
         let (n, co) = (cache.input_shape[0], self.out_channels());
         let (rows, cols) = (g.col_rows(), g.col_cols());
@@ -216,20 +263,12 @@ impl Layer for Conv2d {
             &[n, co, g.out_height, g.out_width],
             "Conv2d: gradient shape"
         );
-        let gs = grad.as_slice().expect("standard layout");
+        let grad = grad
+            .into_shape_with_order((n, co, cols))
+            .expect("standard layout");
         if let Some(b) = self.bias.as_mut().filter(|b| b.trainable()) {
-            let db: Vec<f32> = (0..co)
-                .map(|c| {
-                    (0..n)
-                        .map(|i| {
-                            gs[(i * co + c) * cols..(i * co + c + 1) * cols]
-                                .iter()
-                                .sum::<f32>()
-                        })
-                        .sum()
-                })
-                .collect();
-            b.accumulate_grad(ndarray::ArrayView1::from(&db).into_dyn());
+            let db = grad.sum_axis(Axis(2)).sum_axis(Axis(0));
+            b.accumulate_grad(db.into_dyn().view());
         }
         let w = self.weight_matrix();
         let per_in = g.channels * g.height * g.width;
@@ -238,59 +277,85 @@ impl Layer for Conv2d {
             .as_ref()
             .map(|x| x.as_slice().expect("standard layout"));
         let want_dx = cache.input_grad;
-        let mut dx = vec![0.0f32; if want_dx { n * per_in } else { n }];
-        let per_dx = if want_dx { per_in } else { 1 };
-        let partial_dw = for_each_image(
-            &mut dx,
-            per_dx,
-            || {
-                (
-                    Vec::new(),
-                    input.map(|_| ndarray::Array2::<f32>::zeros((co, rows))),
-                )
-            },
-            |(col, dw), i, dxi, threads| {
-                let gi =
-                    ArrayView2::from_shape((co, cols), &gs[i * co * cols..(i + 1) * co * cols])
-                        .expect("grad shape");
-                if let (Some(xs), Some(dw)) = (input, dw.as_mut()) {
+        let mut dx = Array2::<f32>::zeros((if want_dx { n } else { 0 }, per_in));
+        let band = tile_rows(&g);
+        let tiles: Vec<Range<usize>> = (0..g.out_height)
+            .step_by(band.max(1))
+            .map(|r| r..(r + band).min(g.out_height))
+            .collect();
+        // One job per image: the tiles of an image overlap in ∂x, so they run in turn.
+        let mut dx_rows = dx.axis_iter_mut(Axis(0));
+        let jobs: Vec<_> = (0..n).map(|i| (i, dx_rows.next())).collect();
+        let run = |state: &mut Partial,
+                   (i, dxi): (usize, Option<ndarray::ArrayViewMut1<'_, f32>>),
+                   threads| {
+            let gi = grad.index_axis(Axis(0), i);
+            let mut dxi = dxi.map(|d| d.into_slice().expect("contiguous row"));
+            for tile in &tiles {
+                let gt = gi.slice(s![.., tile.start * g.out_width..tile.end * g.out_width]);
+                if let Some(xs) = input {
                     let xi = &xs[i * per_in..(i + 1) * per_in];
-                    let colv = if g.is_identity() {
-                        ArrayView2::from_shape((rows, cols), xi).expect("col shape")
-                    } else {
-                        col.resize(rows * cols, 0.0);
-                        im2col(xi, &g, col);
-                        ArrayView2::from_shape((rows, cols), &col[..]).expect("col shape")
-                    };
-                    matmul(gi, colv.t(), dw.view_mut(), true, threads);
+                    let col = columns(xi, &g, tile.clone(), &mut state.buf);
+                    let dw = state.dw.get_or_insert_with(|| Array2::zeros((co, rows)));
+                    matmul(gt, col.t(), dw.view_mut(), true, threads);
                 }
-                if want_dx {
+                if let Some(dxi) = dxi.as_deref_mut() {
+                    let tc = gt.ncols();
                     if g.is_identity() {
-                        let dxv = ArrayViewMut2::from_shape((rows, cols), dxi).expect("dx shape");
-                        matmul(w.t(), gi, dxv, false, threads);
+                        let mut dxv =
+                            ArrayViewMut2::from_shape((rows, cols), dxi).expect("dx shape");
+                        let dxt =
+                            dxv.slice_mut(s![.., tile.start * g.out_width..tile.end * g.out_width]);
+                        matmul(w.t(), gt, dxt, false, threads);
                     } else {
-                        col.resize(rows * cols, 0.0);
-                        let colm = ArrayViewMut2::from_shape((rows, cols), &mut col[..])
-                            .expect("col shape");
-                        matmul(w.t(), gi, colm, false, threads);
-                        col2im(col, &g, dxi);
+                        state.buf.resize(rows * tc, 0.0);
+                        let dcol = ArrayViewMut2::from_shape((rows, tc), &mut state.buf[..])
+                            .expect("tile shape");
+                        matmul(w.t(), gt, dcol, false, threads);
+                        col2im_rows(&state.buf, &g, tile.clone(), dxi);
                     }
                 }
-            },
-        );
+            }
+        };
+        let new_state = || Partial {
+            buf: Vec::new(),
+            dw: None,
+        };
+        let partials: Vec<Partial> = if parallel_jobs(n) {
+            let per = n.div_ceil(rayon::current_num_threads());
+            jobs.into_par_iter()
+                .with_min_len(per)
+                .fold(new_state, |mut state, job| {
+                    run(&mut state, job, Threads::One);
+                    state
+                })
+                .collect()
+        } else {
+            let mut state = new_state();
+            for job in jobs {
+                run(&mut state, job, Threads::Pool);
+            }
+            vec![state]
+        };
         if self.weight.trainable() {
-            let mut total = ndarray::Array2::<f32>::zeros((co, rows));
-            for (_, dw) in partial_dw {
-                if let Some(dw) = dw {
-                    total += &dw;
+            let mut total: Option<Array2<f32>> = None;
+            for dw in partials.into_iter().filter_map(|p| p.dw) {
+                match &mut total {
+                    Some(t) => *t += &dw,
+                    None => total = Some(dw),
                 }
             }
+            let total = total.unwrap_or_else(|| Array2::zeros((co, rows)));
             let total = total
                 .into_shape_with_order(self.weight.shape().to_vec())
                 .expect("weight shape");
             self.weight.accumulate_grad(total.view());
         }
-        want_dx.then(|| ArrayD::from_shape_vec(cache.input_shape.to_vec(), dx).expect("dx shape"))
+        want_dx.then(|| {
+            dx.into_shape_with_order(cache.input_shape.to_vec())
+                .expect("dx shape")
+                .into_dyn()
+        })
     }
 
     fn output_shape(&self, input: &[usize]) -> Vec<usize> {
@@ -325,6 +390,136 @@ impl Layer for Conv2d {
         f(&join(prefix, "weight"), &mut self.weight);
         if let Some(b) = &mut self.bias {
             f(&join(prefix, "bias"), b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Direct convolution in f64: `y`, and for upstream `gy`, `∂x`, `∂W`, `∂b`.
+    fn direct(
+        x: &Array4<f32>,
+        w: &Array4<f32>,
+        gy: &Array4<f32>,
+        s: usize,
+        p: usize,
+    ) -> (Array4<f64>, Array4<f64>, Array4<f64>, Vec<f64>) {
+        let (n, c, h, wd) = x.dim();
+        let (co, _, k, _) = w.dim();
+        let (_, _, oh, ow) = gy.dim();
+        let mut y = Array4::<f64>::zeros((n, co, oh, ow));
+        let mut dx = Array4::<f64>::zeros((n, c, h, wd));
+        let mut dw = Array4::<f64>::zeros((co, c, k, k));
+        let mut db = vec![0.0; co];
+        for ((i, o, oy, ox), yv) in y.indexed_iter_mut() {
+            let g = gy[[i, o, oy, ox]] as f64;
+            db[o] += g;
+            for ci in 0..c {
+                for ki in 0..k {
+                    for kj in 0..k {
+                        let iy = (oy * s + ki) as isize - p as isize;
+                        let ix = (ox * s + kj) as isize - p as isize;
+                        if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
+                            continue;
+                        }
+                        let (iy, ix) = (iy as usize, ix as usize);
+                        let (xv, wv) = (x[[i, ci, iy, ix]] as f64, w[[o, ci, ki, kj]] as f64);
+                        *yv += wv * xv;
+                        dx[[i, ci, iy, ix]] += wv * g;
+                        dw[[o, ci, ki, kj]] += xv * g;
+                    }
+                }
+            }
+        }
+        (y, dx, dw, db)
+    }
+
+    fn close(what: &str, got: &[f32], want: impl Iterator<Item = f64>) {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (*g as f64 - w).abs() <= 1e-4 + 1e-4 * w.abs(),
+                "{what}[{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    /// Images large enough to be cut into several tiles, in batches that take the parallel and
+    /// the sequential paths, against a direct convolution.
+    #[test]
+    fn tiled_and_parallel_paths_match_a_direct_convolution() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for (n, c, side, k, s, p) in [
+            (2, 64, 40, 3, 1, 1),
+            (1, 64, 40, 3, 1, 1),
+            (3, 64, 90, 3, 2, 1),
+            (2, 1024, 32, 1, 1, 0),
+        ] {
+            let mut conv = Conv2d::new(c, 3, k, s, p, true, &mut rng);
+            let g = conv.geometry(&[n, c, side, side]);
+            assert!(tile_rows(&g) < g.out_height, "several tiles per image");
+            let x = uniform(&mut rng, &[n, c, side, side], 1.0)
+                .into_dimensionality::<Ix4>()
+                .expect("4-D");
+            let gy = uniform(&mut rng, &[n, 3, g.out_height, g.out_width], 1.0)
+                .into_dimensionality::<Ix4>()
+                .expect("4-D");
+            let mut ctx = Context::train(&mut rng);
+            ctx.input_grad = true;
+            let y = conv.forward(x.clone().into_dyn(), &mut ctx);
+            let dx = conv
+                .backward(gy.clone().into_dyn())
+                .expect("input gradient");
+            let w = conv
+                .weight
+                .value()
+                .to_owned()
+                .into_dimensionality::<Ix4>()
+                .expect("4-D");
+            let (ry, rdx, rdw, rdb) = direct(&x, &w, &gy, s, p);
+            let bias: Vec<f64> = conv
+                .bias
+                .as_ref()
+                .expect("bias")
+                .value()
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let per = g.col_cols();
+            close(
+                "y",
+                y.as_slice().expect("contiguous"),
+                ry.iter().enumerate().map(|(i, v)| v + bias[(i / per) % 3]),
+            );
+            close(
+                "dx",
+                dx.as_slice().expect("contiguous"),
+                rdx.iter().copied(),
+            );
+            close(
+                "dW",
+                conv.weight
+                    .grad
+                    .as_ref()
+                    .expect("dW")
+                    .as_slice()
+                    .expect("contiguous"),
+                rdw.iter().copied(),
+            );
+            close(
+                "db",
+                conv.bias
+                    .as_ref()
+                    .expect("bias")
+                    .grad
+                    .as_ref()
+                    .expect("db")
+                    .as_slice()
+                    .expect("contiguous"),
+                rdb.iter().copied(),
+            );
         }
     }
 }

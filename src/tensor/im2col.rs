@@ -3,7 +3,10 @@
 //! One image `x` is `[C, H, W]` (contiguous). Its column matrix is `[C·k·k, OH·OW]`, row
 //! `(c·k + ki)·k + kj`, column `oy·OW + ox`, holding `x[c, oy·S + ki − P, ox·S + kj − P]` (zero
 //! outside the image). A convolution is then `W[C_out, C·k·k] · col`. `col2im` is the adjoint:
-//! it adds every column entry back onto the input position it came from.
+//! it adds every column entry back onto the input position it came from. The `_rows` variants
+//! work on a tile: the columns of a range of output rows.
+
+use std::ops::Range;
 
 /// The geometry of one convolution over one image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,43 +82,49 @@ impl ConvGeometry {
 /// # Panics
 /// Panics if the slice lengths do not match the geometry.
 pub fn im2col(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
+    im2col_rows(x, g, 0..g.out_height, col);
+}
+
+/// Fills `col` (`[C·k·k, (oy1 − oy0)·OW]`, row-major) with the columns of output rows
+/// `oy0..oy1` only: a tile of the full column matrix.
+///
+/// # Panics
+/// Panics if the slice lengths do not match the geometry or the rows are out of range.
+pub fn im2col_rows(x: &[f32], g: &ConvGeometry, out_rows: Range<usize>, col: &mut [f32]) {
     let (h, w, k, s) = (g.height, g.width, g.kernel, g.stride);
-    let (oh, ow) = (g.out_height, g.out_width);
+    let ow = g.out_width;
+    assert!(out_rows.end <= g.out_height, "im2col: output rows");
+    let (oy0, oy1) = (out_rows.start, out_rows.end.max(out_rows.start));
+    let tile = (oy1 - oy0) * ow;
     assert_eq!(x.len(), g.channels * h * w, "im2col: input length");
-    assert_eq!(
-        col.len(),
-        g.col_rows() * g.col_cols(),
-        "im2col: column length"
-    );
+    assert_eq!(col.len(), g.col_rows() * tile, "im2col: column length");
     let p = g.padding as isize;
     for c in 0..g.channels {
         let plane = &x[c * h * w..(c + 1) * h * w];
         for ki in 0..k {
-            let (y_lo, y_hi) = g.valid_range(h, oh, ki);
+            let (y_lo, y_hi) = g.valid_range(h, g.out_height, ki);
             for kj in 0..k {
                 let (x_lo, x_hi) = g.valid_range(w, ow, kj);
                 let row = (c * k + ki) * k + kj;
-                let dst = &mut col[row * oh * ow..(row + 1) * oh * ow];
-                for oy in 0..oh {
-                    let out_row = &mut dst[oy * ow..(oy + 1) * ow];
-                    if oy < y_lo || oy >= y_hi {
+                let dst = &mut col[row * tile..(row + 1) * tile];
+                for (oy, out_row) in (oy0..oy1).zip(dst.chunks_exact_mut(ow.max(1))) {
+                    if oy < y_lo || oy >= y_hi || x_hi <= x_lo {
                         out_row.fill(0.0);
                         continue;
                     }
                     let iy = (oy * s + ki) as isize - p;
                     let src = &plane[iy as usize * w..(iy as usize + 1) * w];
                     out_row[..x_lo].fill(0.0);
-                    out_row[x_hi.max(x_lo)..].fill(0.0);
-                    if x_hi <= x_lo {
-                        continue;
-                    }
-                    let ix0 = (x_lo * s + kj) as isize - p;
+                    out_row[x_hi..].fill(0.0);
+                    let ix0 = ((x_lo * s + kj) as isize - p) as usize;
                     if s == 1 {
-                        let n = x_hi - x_lo;
-                        out_row[x_lo..x_hi].copy_from_slice(&src[ix0 as usize..ix0 as usize + n]);
+                        out_row[x_lo..x_hi].copy_from_slice(&src[ix0..ix0 + (x_hi - x_lo)]);
                     } else {
-                        for (i, ox) in (x_lo..x_hi).enumerate() {
-                            out_row[ox] = src[ix0 as usize + i * s];
+                        for (d, v) in out_row[x_lo..x_hi]
+                            .iter_mut()
+                            .zip(src[ix0..].iter().step_by(s))
+                        {
+                            *d = *v;
                         }
                     }
                 }
@@ -129,31 +138,41 @@ pub fn im2col(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
 /// # Panics
 /// Panics if the slice lengths do not match the geometry.
 pub fn col2im(col: &[f32], g: &ConvGeometry, x: &mut [f32]) {
+    col2im_rows(col, g, 0..g.out_height, x);
+}
+
+/// Adds a tile of the column matrix, the columns of output rows `oy0..oy1`
+/// (`[C·k·k, (oy1 − oy0)·OW]`), back onto the image `x`. Tiles of neighbouring rows overlap in
+/// `x` (the kernel's reach), so tiles of one image must be added one after the other.
+///
+/// # Panics
+/// Panics if the slice lengths do not match the geometry or the rows are out of range.
+pub fn col2im_rows(col: &[f32], g: &ConvGeometry, out_rows: Range<usize>, x: &mut [f32]) {
     let (h, w, k, s) = (g.height, g.width, g.kernel, g.stride);
-    let (oh, ow) = (g.out_height, g.out_width);
+    let ow = g.out_width;
+    assert!(out_rows.end <= g.out_height, "col2im: output rows");
+    let (oy0, oy1) = (out_rows.start, out_rows.end.max(out_rows.start));
+    let tile = (oy1 - oy0) * ow;
     assert_eq!(x.len(), g.channels * h * w, "col2im: input length");
-    assert_eq!(
-        col.len(),
-        g.col_rows() * g.col_cols(),
-        "col2im: column length"
-    );
+    assert_eq!(col.len(), g.col_rows() * tile, "col2im: column length");
     let p = g.padding as isize;
     for c in 0..g.channels {
         let plane = &mut x[c * h * w..(c + 1) * h * w];
         for ki in 0..k {
-            let (y_lo, y_hi) = g.valid_range(h, oh, ki);
+            let (y_lo, y_hi) = g.valid_range(h, g.out_height, ki);
+            let (y_lo, y_hi) = (y_lo.max(oy0), y_hi.min(oy1));
             for kj in 0..k {
                 let (x_lo, x_hi) = g.valid_range(w, ow, kj);
                 if x_hi <= x_lo {
                     continue;
                 }
                 let row = (c * k + ki) * k + kj;
-                let src = &col[row * oh * ow..(row + 1) * oh * ow];
+                let src = &col[row * tile..(row + 1) * tile];
+                let ix0 = ((x_lo * s + kj) as isize - p) as usize;
                 for oy in y_lo..y_hi {
                     let iy = ((oy * s + ki) as isize - p) as usize;
                     let dst = &mut plane[iy * w..(iy + 1) * w];
-                    let ix0 = ((x_lo * s + kj) as isize - p) as usize;
-                    let src_row = &src[oy * ow..(oy + 1) * ow];
+                    let src_row = &src[(oy - oy0) * ow..(oy - oy0 + 1) * ow];
                     if s == 1 {
                         for (d, v) in dst[ix0..ix0 + (x_hi - x_lo)]
                             .iter_mut()
@@ -162,8 +181,8 @@ pub fn col2im(col: &[f32], g: &ConvGeometry, x: &mut [f32]) {
                             *d += v;
                         }
                     } else {
-                        for (i, ox) in (x_lo..x_hi).enumerate() {
-                            dst[ix0 + i * s] += src_row[ox];
+                        for (d, v) in dst[ix0..].iter_mut().step_by(s).zip(&src_row[x_lo..x_hi]) {
+                            *d += v;
                         }
                     }
                 }
@@ -233,6 +252,26 @@ mod tests {
                 .map(|(a, b)| (*a as f64) * (*b as f64))
                 .sum();
             assert!((lhs - rhs).abs() < 1e-3, "{lhs} vs {rhs}");
+
+            // Tiles of output rows are slices of the full matrix, and their col2im sum to it.
+            let (rows, ow) = (g.col_rows(), g.out_width);
+            let mut tiled_back = vec![0.0; x.len()];
+            for oy0 in (0..g.out_height).step_by(2) {
+                let oy1 = (oy0 + 2).min(g.out_height);
+                let n = (oy1 - oy0) * ow;
+                let mut tile = vec![f32::NAN; rows * n];
+                im2col_rows(&x, &g, oy0..oy1, &mut tile);
+                let mut ytile = vec![0.0; rows * n];
+                for r in 0..rows {
+                    let full = r * g.col_cols() + oy0 * ow;
+                    assert_eq!(tile[r * n..(r + 1) * n], col[full..full + n], "{g:?}");
+                    ytile[r * n..(r + 1) * n].copy_from_slice(&y[full..full + n]);
+                }
+                col2im_rows(&ytile, &g, oy0..oy1, &mut tiled_back);
+            }
+            for (a, b) in tiled_back.iter().zip(&back) {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
         }
     }
 }

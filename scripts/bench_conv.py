@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Conv2d forward and backward GFLOP/s: tl against PyTorch, on the same machine in the same run.
+
+Shapes: VGG16's conv3_1 (56x56, 128 -> 256) and conv5_1 (14x14, 512 -> 512), batch 8, 3x3,
+padding 1, bias. Forward is timed without gradients; backward is the time of `backward` after a
+recorded forward, computing the gradients of the input, the weight and the bias (as `tl bench`
+does). Both sides use the same number of threads. Rounds alternate tl and PyTorch (and which goes
+first) so that both see the same machine conditions; the reported times are medians over all
+timed repetitions.
+
+Run from the repository root after `cargo build --release` (needs torch):
+
+    python3 scripts/bench_conv.py [--threads 2] [--rounds 5] [--iters 10]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [("conv3_1", 56, 128, 256), ("conv5_1", 14, 512, 512)]
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def flops(batch, side, c_in, c_out):
+    return 2.0 * batch * c_out * side * side * c_in * 9
+
+
+def run_tl(binary, threads, batch, iters):
+    out = subprocess.run(
+        [binary, "--threads", str(threads), "bench", "conv", "--batch", str(batch),
+         "--iters", str(iters), "--json"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    times = {}
+    for line in out.splitlines():
+        row = json.loads(line)
+        times[(row["layer"], row["pass"])] = row["median_ms"] / 1e3
+    return times
+
+
+def run_torch(batch, iters, warmup=2):
+    times = {}
+    gen = torch.Generator().manual_seed(0)
+    for name, side, c_in, c_out in SHAPES:
+        x = torch.randn(batch, c_in, side, side, generator=gen)
+        w = torch.randn(c_out, c_in, 3, 3, generator=gen) * 0.03
+        b = torch.randn(c_out, generator=gen)
+        g = torch.randn(batch, c_out, side, side, generator=gen)
+        fwd, bwd = [], []
+        for i in range(warmup + iters):
+            with torch.no_grad():
+                t = time.perf_counter()
+                y = F.conv2d(x, w, b, padding=1)
+                f = time.perf_counter() - t
+            del y
+            xr, wr, br = (v.clone().requires_grad_(True) for v in (x, w, b))
+            y = F.conv2d(xr, wr, br, padding=1)
+            t = time.perf_counter()
+            y.backward(g)
+            bt = time.perf_counter() - t
+            if i >= warmup:
+                fwd.append(f)
+                bwd.append(bt)
+        times[(name, "forward")] = statistics.median(fwd)
+        times[(name, "backward")] = statistics.median(bwd)
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--tl", default=os.path.join(ROOT, "target", "release", "tl"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    samples = {"tl": [], "torch": []}
+    for r in range(args.rounds):
+        order = ["tl", "torch"] if r % 2 == 0 else ["torch", "tl"]
+        for who in order:
+            if who == "tl":
+                samples["tl"].append(run_tl(args.tl, args.threads, args.batch, args.iters))
+            else:
+                samples["torch"].append(run_torch(args.batch, args.iters))
+
+    print(f"Conv2d 3x3, padding 1, batch {args.batch}, {args.threads} threads, "
+          f"{args.rounds} interleaved rounds of {args.iters}; median ms and GFLOP/s")
+    print(f"torch {torch.__version__}, {torch.backends.mkldnn.is_available() and 'oneDNN' or 'no oneDNN'}")
+    header = f"{'layer':<8} {'shape':<16} {'pass':<8} {'tl ms':>8} {'tl GF/s':>8} " \
+             f"{'torch ms':>9} {'torch GF/s':>10} {'tl/torch':>8}"
+    print(header)
+    print("-" * len(header))
+    for name, side, c_in, c_out in SHAPES:
+        for pass_ in ["forward", "backward"]:
+            work = flops(args.batch, side, c_in, c_out) * (1 if pass_ == "forward" else 2)
+            t_tl = statistics.median(s[(name, pass_)] for s in samples["tl"])
+            t_pt = statistics.median(s[(name, pass_)] for s in samples["torch"])
+            shape = f"{side}x{side}x{c_in}->{c_out}"
+            print(f"{name:<8} {shape:<16} {pass_:<8} {t_tl * 1e3:>8.2f} {work / t_tl / 1e9:>8.1f} "
+                  f"{t_pt * 1e3:>9.2f} {work / t_pt / 1e9:>10.1f} {t_pt / t_tl:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
