@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use ndarray::Array4;
 use rand::SeedableRng;
 use tl::models::{synthetic, Arch, Init, Model};
-use tl::train::trainer::{Batch, Quiet, Resume};
+use tl::train::trainer::{Feed, Quiet, Resume};
 use tl::train::{fit, RunFiles, TrainConfig};
 use tl::weights::WeightFile;
 
@@ -70,24 +70,15 @@ fn run(
         patience: 2,
         ..TrainConfig::default()
     };
-    let (xt, xv) = (x.clone(), x);
-    let mut train = move |_e: usize| -> Box<dyn Iterator<Item = Batch>> {
-        Box::new(std::iter::once((xt.clone(), y.clone())))
+    let (xt, xv) = (x.clone().into_dyn(), x.into_dyn());
+    let feed = Feed {
+        train: Box::new(move |_| Box::new(std::iter::once((xt.clone(), y.clone())))),
+        val: Box::new(move || Box::new(std::iter::once((xv.clone(), yv.clone())))),
+        train_samples: 4,
+        val_samples: 4,
+        start: 0,
     };
-    let mut val = move || -> Box<dyn Iterator<Item = Batch>> {
-        Box::new(std::iter::once((xv.clone(), yv.clone())))
-    };
-    fit(
-        model,
-        &config,
-        &mut train,
-        &mut val,
-        (4, 4),
-        files,
-        resume,
-        &mut Quiet,
-    )
-    .unwrap()
+    fit(model, &config, feed, files, resume, &mut Quiet).unwrap()
 }
 
 #[test]
@@ -381,5 +372,59 @@ fn killing_a_run_never_leaves_a_broken_checkpoint() {
         leftovers.len() <= 5,
         "at most one temporary file per killed run: {leftovers:?}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn frozen_feature_cache_trains_as_recomputing_does() {
+    let dir = tmpdir("cache");
+    let data = dir.join("data");
+    write_pngs(&data, "a", 6, 0);
+    write_pngs(&data, "b", 6, 1);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let mut metrics = Vec::new();
+    for (name, extra) in [("cached", None), ("plain", Some("--no-cache"))] {
+        let ckpt = dir.join(format!("{name}.safetensors"));
+        let mut args = vec![
+            "finetune".to_string(),
+            s(&data),
+            "-o".into(),
+            s(&ckpt),
+            "--freeze-until".into(),
+            "conv5".into(),
+        ];
+        args.extend(FAST.iter().map(|a| a.to_string()));
+        args.extend(["--augment".to_string(), "none".into()]);
+        args.extend(extra.map(String::from));
+        let out = tl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        assert_eq!(
+            err.contains("frozen-feature cache"),
+            extra.is_none(),
+            "{err}"
+        );
+        assert_eq!(err.contains("[cached features]"), extra.is_none(), "{err}");
+        let csv = std::fs::read_to_string(dir.join(format!("{name}.metrics.csv"))).unwrap();
+        let rows: Vec<Vec<f32>> = csv
+            .lines()
+            .skip(1)
+            .map(|l| {
+                l.split(',')
+                    .skip(1)
+                    .take(4)
+                    .map(|v| v.parse().unwrap())
+                    .collect()
+            })
+            .collect();
+        metrics.push(rows);
+    }
+    assert_eq!(metrics[0].len(), 2);
+    for (a, b) in metrics[0].iter().flatten().zip(metrics[1].iter().flatten()) {
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+            "cached {a} vs recomputed {b}"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

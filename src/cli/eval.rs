@@ -92,7 +92,8 @@ pub fn run(args: Args) -> Result<()> {
     let classes = model.classes().to_vec();
     let (running, confusion) = evaluate(
         &mut model,
-        batches(Arc::new(set), BatchOptions::eval(args.batch_size, pre)),
+        batches(Arc::new(set), BatchOptions::eval(args.batch_size, pre))
+            .map(|(x, y)| (x.into_dyn(), y)),
         classes.len(),
     );
     if args.json {

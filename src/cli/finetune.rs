@@ -103,6 +103,10 @@ pub struct Args {
     /// Batch in dataset order.
     #[arg(long)]
     no_shuffle: bool,
+    /// Recompute the frozen stages every epoch even when augmentation is off (by default their
+    /// output is computed once per image and cached).
+    #[arg(long)]
+    no_cache: bool,
     /// Crop side of the images (resize to N*256/224 first); smaller is faster.
     #[arg(long, value_name = "N", default_value_t = 224)]
     image_size: u32,
@@ -116,6 +120,7 @@ pub struct Args {
 
 struct Cli {
     bar: Option<ProgressBar>,
+    cached: bool,
     epochs: usize,
     skipped: usize,
 }
@@ -141,7 +146,7 @@ impl Observer for Cli {
             b.finish_and_clear();
         }
         eprintln!(
-            "epoch {:>3}/{}  train_loss {:.4}  train_acc {:.3}  val_loss {:.4}  val_acc {:.3}  {:.1}s{}",
+            "epoch {:>3}/{}  train_loss {:.4}  train_acc {:.3}  val_loss {:.4}  val_acc {:.3}  {:.1}s{}{}",
             r.epoch,
             self.epochs,
             r.train_loss,
@@ -149,6 +154,7 @@ impl Observer for Cli {
             r.val_loss,
             r.val_acc,
             r.seconds,
+            if self.cached { "  [cached features]" } else { "" },
             if r.best { "  (best, saved)" } else { "" }
         );
     }
@@ -170,6 +176,11 @@ impl FinetuneObserver for Cli {
     fn on_skipped(&mut self, path: &Path, message: &str) {
         self.skipped += 1;
         eprintln!("skipped {}: {message}", path.display());
+    }
+
+    fn on_cache(&mut self, first: &str, last: &str) {
+        self.cached = true;
+        eprintln!("frozen-feature cache: stages {first}..{last} run once per image (augmentation is off); epochs train from the cache");
     }
 
     fn on_start(&mut self, data: &Dataset, train: usize, val: usize, new_head: bool) {
@@ -242,11 +253,13 @@ pub fn run(args: Args) -> Result<()> {
         batch_size: args.batch_size,
         augment,
         shuffle: !args.no_shuffle,
+        cache: !args.no_cache,
         config,
         output: args.output.clone(),
     };
     let mut cli = Cli {
         bar: None,
+        cached: false,
         epochs: args.epochs,
         skipped: 0,
     };

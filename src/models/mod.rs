@@ -447,6 +447,50 @@ impl Model {
         self.net.forward_range(x, ctx, 0..end)
     }
 
+    /// Number of leading units with no trainable parameter: the frozen prefix, whose output does
+    /// not change during training (see [`Model::prefix_is_deterministic`]).
+    pub fn frozen_prefix(&self) -> usize {
+        self.net
+            .layers()
+            .take_while(|(_, l)| !l.has_trainable())
+            .count()
+    }
+
+    /// True when the first `units` units give the same output in train and eval mode (no
+    /// Dropout; their BatchNorm layers are frozen, so they use running statistics), so their
+    /// output can be computed once and cached.
+    pub fn prefix_is_deterministic(&self, units: usize) -> bool {
+        self.net
+            .layers()
+            .take(units)
+            .all(|(_, l)| !l.is_stochastic() && !l.has_trainable())
+    }
+
+    /// Runs units `range` only: `x` is the output of unit `range.start - 1` (or the image batch).
+    pub fn forward_range(
+        &mut self,
+        x: ArrayD<f32>,
+        range: std::ops::Range<usize>,
+        ctx: &mut Context<'_>,
+    ) -> ArrayD<f32> {
+        self.net.forward_range(x, ctx, range)
+    }
+
+    /// Number of top-level units.
+    pub fn len(&self) -> usize {
+        self.net.len()
+    }
+
+    /// True for a model without units.
+    pub fn is_empty(&self) -> bool {
+        self.net.is_empty()
+    }
+
+    /// The stage of each unit, in order.
+    pub fn unit_stages(&self) -> &[String] {
+        &self.stages
+    }
+
     /// Backward through the whole model from `∂L/∂logits`.
     pub fn backward(&mut self, grad: ArrayD<f32>) {
         self.net.backward(grad);

@@ -67,6 +67,10 @@ impl Layer for Dropout {
         format!("Dropout(p={})", self.p)
     }
 
+    fn is_stochastic(&self) -> bool {
+        self.p > 0.0
+    }
+
     fn set_dropout(&mut self, p: f32) {
         assert!(
             (0.0..1.0).contains(&p),

@@ -120,6 +120,11 @@ pub trait Layer: Send + Sync {
         Vec::new()
     }
 
+    /// True when the layer's output in train mode depends on the RNG (Dropout with p > 0).
+    fn is_stochastic(&self) -> bool {
+        false
+    }
+
     /// Sets the drop probability of every Dropout inside (containers pass it on).
     fn set_dropout(&mut self, _p: f32) {}
 

@@ -119,6 +119,10 @@ impl Layer for Sequential {
         "Sequential".into()
     }
 
+    fn is_stochastic(&self) -> bool {
+        self.layers.iter().any(|(_, l)| l.is_stochastic())
+    }
+
     fn set_dropout(&mut self, p: f32) {
         for (_, layer) in &mut self.layers {
             layer.set_dropout(p);

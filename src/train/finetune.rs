@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use rand::SeedableRng;
 
-use super::trainer::{fit, Batch, FitSummary, Observer, Resume, RunFiles, TrainConfig};
+use super::trainer::{fit, Batch, Feed, FitSummary, Observer, Resume, RunFiles, TrainConfig};
 use crate::data::augment::Augment;
 use crate::data::image_folder::{scan, Dataset};
-use crate::data::loader::{batches, load_set, BatchOptions, Loaded};
+use crate::data::loader::{batches, epoch_order, load_set, BatchOptions, Loaded};
 use crate::data::Preprocess;
 use crate::error::{Error, Result};
 use crate::models::head::parse_head;
@@ -30,6 +30,9 @@ pub struct FinetuneOptions {
     pub batch_size: usize,
     pub augment: Augment,
     pub shuffle: bool,
+    /// Compute the frozen prefix once per image and train the rest from that cache, when nothing
+    /// before the first trainable layer is random (augmentation off, no dropout there).
+    pub cache: bool,
     pub config: TrainConfig,
     pub output: PathBuf,
 }
@@ -40,6 +43,8 @@ pub trait FinetuneObserver: Observer {
     fn on_decode(&mut self, _set: &str, _done: usize, _total: usize) {}
     /// A file that could not be decoded and is skipped.
     fn on_skipped(&mut self, _path: &std::path::Path, _message: &str) {}
+    /// The frozen stages `first..=last` are computed once per image and cached.
+    fn on_cache(&mut self, _first: &str, _last: &str) {}
     /// Training is about to start: the data, the model's trainable share.
     fn on_start(&mut self, _dataset: &Dataset, _train: usize, _val: usize, _new_head: bool) {}
 }
@@ -168,7 +173,6 @@ pub fn finetune(
             ));
         }
     }
-    observer.on_start(&dataset, train_set.len(), val_set.len(), !keeps_head);
     let files = RunFiles::for_checkpoint(&opts.output);
     let (batch_size, shuffle, seed, augment) = (
         opts.batch_size,
@@ -176,33 +180,63 @@ pub fn finetune(
         opts.config.seed,
         opts.augment,
     );
-    let train_clone = train_set.clone();
-    let mut train = move |epoch: usize| -> Box<dyn Iterator<Item = Batch>> {
-        Box::new(batches(
-            train_clone.clone(),
-            BatchOptions {
-                batch_size,
-                shuffle,
-                seed,
-                epoch,
-                augment,
-                pre,
-            },
-        ))
-    };
-    let val_clone = val_set.clone();
-    let mut val = move || -> Box<dyn Iterator<Item = Batch>> {
-        Box::new(batches(
-            val_clone.clone(),
-            BatchOptions::eval(batch_size, pre),
-        ))
+    let prefix = model.frozen_prefix();
+    let cache =
+        opts.cache && augment.is_none() && prefix > 0 && model.prefix_is_deterministic(prefix);
+    observer.on_start(&dataset, train_set.len(), val_set.len(), !keeps_head);
+    let feed = if cache {
+        let stages = model.unit_stages()[..prefix].to_vec();
+        observer.on_cache(
+            stages.first().map_or("", String::as_str),
+            stages.last().map_or("", String::as_str),
+        );
+        let train_cache = Arc::new(FeatureCache::compute(
+            model, prefix, &train_set, batch_size, pre,
+        ));
+        let val_cache = Arc::new(FeatureCache::compute(
+            model, prefix, &val_set, batch_size, pre,
+        ));
+        let t = train_cache.clone();
+        Feed {
+            train: Box::new(move |epoch| {
+                Box::new(t.batches(epoch_order(t.len(), shuffle, seed, epoch), batch_size))
+            }),
+            val: Box::new(move || {
+                Box::new(val_cache.batches((0..val_cache.len()).collect(), batch_size))
+            }),
+            train_samples: train_set.len(),
+            val_samples: val_set.len(),
+            start: prefix,
+        }
+    } else {
+        let (t, v) = (train_set.clone(), val_set.clone());
+        Feed {
+            train: Box::new(move |epoch| {
+                let opts = BatchOptions {
+                    batch_size,
+                    shuffle,
+                    seed,
+                    epoch,
+                    augment,
+                    pre,
+                };
+                Box::new(batches(t.clone(), opts).map(|(x, y)| (x.into_dyn(), y)))
+            }),
+            val: Box::new(move || {
+                Box::new(
+                    batches(v.clone(), BatchOptions::eval(batch_size, pre))
+                        .map(|(x, y)| (x.into_dyn(), y)),
+                )
+            }),
+            train_samples: train_set.len(),
+            val_samples: val_set.len(),
+            start: 0,
+        }
     };
     let summary = fit(
         model,
         &opts.config,
-        &mut train,
-        &mut val,
-        (train_set.len(), val_set.len()),
+        feed,
         &files,
         resume.unwrap_or_default(),
         observer,
@@ -215,4 +249,62 @@ pub fn finetune(
         skipped,
         files,
     })
+}
+
+/// The output of a model's frozen prefix for every image of a set, computed once (eval mode; the
+/// prefix is deterministic), one row per image, in the set's order.
+pub struct FeatureCache {
+    rows: Vec<ndarray::ArrayD<f32>>,
+    labels: Vec<usize>,
+}
+
+impl FeatureCache {
+    /// Runs units `0..prefix` of `model` over `set`.
+    pub fn compute(
+        model: &mut Model,
+        prefix: usize,
+        set: &Arc<Loaded>,
+        batch_size: usize,
+        pre: Preprocess,
+    ) -> Self {
+        let mut rows = Vec::with_capacity(set.len());
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        for (x, _) in batches(set.clone(), BatchOptions::eval(batch_size, pre)) {
+            let mut ctx = crate::nn::Context::eval(&mut rng);
+            let out = model.forward_range(x.into_dyn(), 0..prefix, &mut ctx);
+            rows.extend(out.outer_iter().map(|r| r.to_owned()));
+        }
+        FeatureCache {
+            rows,
+            labels: set.labels.clone(),
+        }
+    }
+
+    /// Cached images.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// True without images.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Batches of the rows in `order`.
+    pub fn batches(
+        self: &Arc<Self>,
+        order: Vec<usize>,
+        batch_size: usize,
+    ) -> impl Iterator<Item = Batch> + 'static {
+        let me = self.clone();
+        let chunks: Vec<Vec<usize>> = order
+            .chunks(batch_size.max(1))
+            .map(|c| c.to_vec())
+            .collect();
+        chunks.into_iter().map(move |idx| {
+            let views: Vec<_> = idx.iter().map(|&i| me.rows[i].view()).collect();
+            let x = ndarray::stack(ndarray::Axis(0), &views).expect("rows of one shape");
+            (x, idx.iter().map(|&i| me.labels[i]).collect())
+        })
+    }
 }

@@ -24,8 +24,8 @@ use crate::nn::loss::cross_entropy;
 use crate::nn::{Context, Layer, ParamKind};
 use crate::weights::{save_atomic, write_atomic, TensorData, WeightFile};
 
-/// A batch: images `[N, 3, S, S]` and class labels.
-pub type Batch = (Array4<f32>, Vec<usize>);
+/// A batch: images `[N, 3, S, S]` (or the cached output of a frozen prefix) and class labels.
+pub type Batch = (ArrayD<f32>, Vec<usize>);
 
 /// Which optimizer, with its own settings (the learning rate is in [`TrainConfig`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -223,10 +223,24 @@ pub fn train_step(
     penalty: Penalty,
     rng: &mut dyn RngCore,
 ) -> StepOutput {
+    train_step_from(model, 0, x.into_dyn(), labels, optimizer, penalty, rng)
+}
+
+/// [`train_step`] with `x` entering at unit `start` (the cached output of a frozen prefix).
+pub fn train_step_from(
+    model: &mut Model,
+    start: usize,
+    x: ArrayD<f32>,
+    labels: &[usize],
+    optimizer: &mut dyn Optimizer,
+    penalty: Penalty,
+    rng: &mut dyn RngCore,
+) -> StepOutput {
     zero_grad(model.net_mut());
     let logits = {
         let mut ctx = Context::train(rng);
-        model.forward(x.into_dyn(), &mut ctx)
+        let n = model.len();
+        model.forward_range(x, start..n, &mut ctx)
     };
     let logits = logits
         .into_dimensionality::<Ix2>()
@@ -254,13 +268,24 @@ pub fn evaluate(
     batches: impl Iterator<Item = Batch>,
     classes: usize,
 ) -> (Running, Confusion) {
+    evaluate_from(model, 0, batches, classes)
+}
+
+/// [`evaluate`] with batches entering at unit `start` (the cached output of a frozen prefix).
+pub fn evaluate_from(
+    model: &mut Model,
+    start: usize,
+    batches: impl Iterator<Item = Batch>,
+    classes: usize,
+) -> (Running, Confusion) {
     let mut running = Running::default();
     let mut confusion = Confusion::new(classes);
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     for (x, labels) in batches {
         let mut ctx = Context::eval(&mut rng);
+        let n = model.len();
         let logits = model
-            .forward(x.into_dyn(), &mut ctx)
+            .forward_range(x, start..n, &mut ctx)
             .into_dimensionality::<Ix2>()
             .expect("logits are [N, C]");
         let (loss, _) = cross_entropy(logits.view(), &labels);
@@ -315,6 +340,19 @@ pub struct FitSummary {
     pub stopped_early: bool,
     pub train_samples: usize,
     pub val_samples: usize,
+}
+
+/// Where a run's batches come from.
+pub struct Feed<'a> {
+    /// The training batches of an epoch (numbered from 1).
+    pub train: Box<dyn FnMut(usize) -> Box<dyn Iterator<Item = Batch>> + 'a>,
+    /// The validation batches.
+    pub val: Box<dyn FnMut() -> Box<dyn Iterator<Item = Batch>> + 'a>,
+    pub train_samples: usize,
+    pub val_samples: usize,
+    /// The unit at which batches enter the model: 0 for images, the frozen prefix's length for
+    /// its cached output.
+    pub start: usize,
 }
 
 /// The files a run writes next to its checkpoint.
@@ -441,7 +479,7 @@ fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
 /// writing the best checkpoint to `files.best` and the last to `files.last`, stopping early after
 /// `config.patience` epochs without a better val_loss. The model ends holding the best weights.
 ///
-/// `train(epoch)` and `val()` give the batches of an epoch; `train_samples` sizes the progress.
+/// `feed` gives the batches of an epoch and says where they enter the model.
 ///
 /// # Errors
 /// [`Error::NonFinite`] when the loss stops being finite (the best checkpoint is left as it was);
@@ -450,15 +488,19 @@ fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
 pub fn fit(
     model: &mut Model,
     config: &TrainConfig,
-    train: &mut dyn FnMut(usize) -> Box<dyn Iterator<Item = Batch>>,
-    val: &mut dyn FnMut() -> Box<dyn Iterator<Item = Batch>>,
-    sizes: (usize, usize),
+    feed: Feed<'_>,
     files: &RunFiles,
     resume: Resume,
     observer: &mut dyn Observer,
 ) -> Result<FitSummary> {
     config.validate()?;
-    let (train_samples, val_samples) = sizes;
+    let Feed {
+        mut train,
+        mut val,
+        train_samples,
+        val_samples,
+        start: first_unit,
+    } = feed;
     let mut optimizer = config.build_optimizer();
     if let Some(state) = resume.optimizer {
         optimizer.load_state(state);
@@ -496,7 +538,15 @@ pub fn fit(
             config.seed ^ 0x005e_edd0_u64 ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
         );
         for (step, (x, labels)) in train(epoch).enumerate() {
-            let out = train_step(model, x, &labels, optimizer.as_dyn(), penalty, &mut rng);
+            let out = train_step_from(
+                model,
+                first_unit,
+                x,
+                &labels,
+                optimizer.as_dyn(),
+                penalty,
+                &mut rng,
+            );
             if !out.loss.is_finite() || !out.penalty.is_finite() {
                 return Err(Error::NonFinite {
                     value: if out.loss.is_finite() {
@@ -511,7 +561,7 @@ pub fn fit(
             running.add(out.loss, out.correct, out.count);
             observer.on_batch(epoch, running.count(), train_samples, &running);
         }
-        let (val_run, _) = evaluate(model, val(), classes);
+        let (val_run, _) = evaluate_from(model, first_unit, val(), classes);
         let (val_loss, val_acc) = if val_run.count() > 0 {
             (val_run.loss(), val_run.accuracy())
         } else {
