@@ -140,10 +140,13 @@ impl Plan {
 
 /// Inference on a batch already in memory (`[N, 3, S, S]`, preprocessed): the output of `stage`,
 /// one flattened row per image. Eval mode; nothing is kept for a backward pass.
+/// The convolutional trunk runs in micro-batches, as in [`run_stage`].
 pub fn forward_stage(model: &mut Model, batch: ndarray::Array4<f32>, stage: &str) -> Array2<f32> {
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let mut ctx = Context::eval(&mut rng);
-    flatten_rows(model.forward_to(batch.into_dyn(), stage, &mut ctx))
+    let plan = Plan::new(model, stage, batch.shape());
+    let micro = rayon::current_num_threads().max(1);
+    flatten_rows(plan.forward(model, batch.into_dyn(), micro, &mut ctx))
 }
 
 /// `[N, …]` → `[N, prod(…)]` in C order.
