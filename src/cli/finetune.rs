@@ -100,6 +100,10 @@ pub struct Args {
     val_split: f32,
     #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
+    /// After each epoch, recompute the trainable BatchNorm statistics exactly over the training
+    /// set (helps when BatchNorm layers train from scratch or for few steps).
+    #[arg(long)]
+    precise_bn: bool,
     /// Batch in dataset order.
     #[arg(long)]
     no_shuffle: bool,
@@ -216,6 +220,7 @@ fn config(args: &Args) -> Result<TrainConfig> {
         seed: args.seed,
         val_split: args.val_split,
         image_size: args.image_size,
+        precise_bn: args.precise_bn,
     };
     c.validate()?;
     Ok(c)

@@ -6,6 +6,8 @@
 //! statistics updated as `r ← (1 − momentum)·r + momentum·s`, with the unbiased variance
 //! `σ²·m/(m − 1)` for `running_var` (PyTorch). Running statistics (eval mode, or a frozen layer):
 //! `μ = running_mean`, `σ² = running_var`, nothing updated.
+//! A precise-BN pass (`Context::recalibrate`) replaces the momentum update by the plain average
+//! of the pass's batch statistics (the k-th batch weighs 1/k).
 //! Backward with batch statistics: `∂x = γ/(m·√(σ²+ε))·(m·g − Σg − x̂·Σ(g·x̂))`; with running
 //! statistics: `∂x = γ·g/√(σ²+ε)`. Both: `∂γ += Σ g·x̂`, `∂β += Σ g`.
 
@@ -30,6 +32,7 @@ pub struct BatchNorm {
     pub momentum: f32,
     spatial: bool,
     cache: Option<Cache>,
+    recalibrated: usize,
 }
 
 struct Cache {
@@ -63,6 +66,7 @@ impl BatchNorm {
             momentum: 0.1,
             spatial,
             cache: None,
+            recalibrated: 0,
         }
     }
 
@@ -120,7 +124,14 @@ impl Layer for BatchNorm {
                     (mean, var)
                 })
                 .collect();
-            let mom = self.momentum;
+            // Momentum update; in a precise-BN pass, the running average of the pass's batches.
+            let mom = if ctx.recalibrate {
+                self.recalibrated += 1;
+                1.0 / self.recalibrated as f32
+            } else {
+                self.recalibrated = 0;
+                self.momentum
+            };
             let unbias = if m > 1 {
                 m as f64 / (m - 1) as f64
             } else {

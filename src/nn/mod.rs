@@ -61,6 +61,10 @@ pub struct Context<'a> {
     pub grad_enabled: bool,
     /// Whether the input of the layer about to run needs a gradient. Containers maintain it.
     pub input_grad: bool,
+    /// Precise-BN pass: trainable BatchNorm layers set their running statistics to the exact
+    /// average of the batch statistics seen since the pass began (instead of the momentum
+    /// update).
+    pub recalibrate: bool,
 }
 
 impl<'a> Context<'a> {
@@ -71,6 +75,7 @@ impl<'a> Context<'a> {
             rng,
             grad_enabled: true,
             input_grad: false,
+            recalibrate: false,
         }
     }
 
@@ -81,6 +86,18 @@ impl<'a> Context<'a> {
             rng,
             grad_enabled: false,
             input_grad: false,
+            recalibrate: false,
+        }
+    }
+
+    /// A context for a precise-BN pass: train mode, no gradients, running statistics averaged.
+    pub fn recalibrate(rng: &'a mut dyn RngCore) -> Self {
+        Context {
+            mode: Mode::Train,
+            rng,
+            grad_enabled: false,
+            input_grad: false,
+            recalibrate: true,
         }
     }
 

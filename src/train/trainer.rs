@@ -54,6 +54,11 @@ pub struct TrainConfig {
     /// Crop side of the training images.
     #[serde(default)]
     pub image_size: u32,
+    /// After each epoch's steps, set the trainable BatchNorm layers' running statistics to the
+    /// exact average over one more pass of the training batches ("precise BN"), so evaluation
+    /// sees statistics of the final weights rather than a lagging momentum average.
+    #[serde(default)]
+    pub precise_bn: bool,
 }
 
 impl Default for TrainConfig {
@@ -71,6 +76,7 @@ impl Default for TrainConfig {
             seed: 0,
             val_split: 0.2,
             image_size: 224,
+            precise_bn: false,
         }
     }
 }
@@ -560,6 +566,13 @@ pub fn fit(
             }
             running.add(out.loss, out.correct, out.count);
             observer.on_batch(epoch, running.count(), train_samples, &running);
+        }
+        if config.precise_bn {
+            let n = model.len();
+            for (x, _) in train(epoch) {
+                let mut ctx = Context::recalibrate(&mut rng);
+                model.forward_range(x, first_unit..n, &mut ctx);
+            }
         }
         let (val_run, _) = evaluate_from(model, first_unit, val(), classes);
         let (val_loss, val_acc) = if val_run.count() > 0 {
