@@ -203,6 +203,7 @@ fn forward(layer: &mut dyn Layer, x: &ArrayD<f32>, mode: Mode) -> ArrayD<f32> {
         rng: &mut rng,
         grad_enabled: true,
         input_grad: true,
+        recalibrate: false,
     };
     layer.forward(x.clone(), &mut ctx)
 }
