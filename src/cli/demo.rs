@@ -66,6 +66,7 @@ pub fn run(args: Args) -> Result<()> {
         args.seed.to_string(),
         "--lr".into(),
         "0.01".into(),
+        "--precise-bn".into(),
         "-o".into(),
         s(&ckpt),
     ];

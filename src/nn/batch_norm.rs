@@ -284,3 +284,31 @@ impl Layer for BatchNorm {
         f(&join(prefix, "running_var"), &mut self.running_var);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn precise_pass_sets_running_statistics_to_the_average_of_its_batches() {
+        let mut bn = BatchNorm::new_1d(2);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let batches = [
+            ndarray::array![[1.0f32, 10.0], [3.0, 14.0]],
+            ndarray::array![[5.0f32, 0.0], [9.0, 2.0]],
+        ];
+        // Batch means (2, 12), (7, 1); unbiased variances (2, 8), (8, 2).
+        for b in &batches {
+            let mut ctx = Context::recalibrate(&mut rng);
+            bn.forward(b.clone().into_dyn(), &mut ctx);
+        }
+        assert_eq!(bn.running_mean.value().as_slice().unwrap(), &[4.5, 6.5]);
+        assert_eq!(bn.running_var.value().as_slice().unwrap(), &[5.0, 5.0]);
+        // A normal training step goes back to the momentum update.
+        let mut ctx = Context::train(&mut rng);
+        bn.forward(batches[0].clone().into_dyn(), &mut ctx);
+        let rm = bn.running_mean.value();
+        assert!((rm[0] - (0.9 * 4.5 + 0.1 * 2.0)).abs() < 1e-6);
+    }
+}

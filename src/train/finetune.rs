@@ -167,8 +167,14 @@ pub fn finetune(
     let val_counts = val_set.class_counts(dataset.classes.len());
     for (c, (t, v)) in train_counts.iter().zip(&val_counts).enumerate() {
         if t + v == 0 {
+            let folder = match dataset.layout {
+                crate::data::image_folder::Layout::TrainVal => {
+                    dataset.root.join("train").join(&dataset.classes[c])
+                }
+                crate::data::image_folder::Layout::Flat => dataset.root.join(&dataset.classes[c]),
+            };
             return Err(Error::data(
-                dataset.root.join(&dataset.classes[c]),
+                folder,
                 format!("class {:?} has no readable image", dataset.classes[c]),
             ));
         }
