@@ -1,6 +1,8 @@
 //! L1/L2 penalties match PyTorch's when added to the loss by hand (fixture from
 //! scripts/gen_train_fixtures.py), and dropout keeps the expected scale.
 
+mod common_models;
+
 use std::collections::HashMap;
 
 use ndarray::{Array2, ArrayD};
@@ -11,21 +13,7 @@ use tl::nn::{Context, Dropout, Layer, Linear, Relu, Sequential};
 use tl::train::Penalty;
 
 fn fixture() -> HashMap<String, ArrayD<f32>> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/train/regularization.safetensors");
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            let d: Vec<f32> = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (n, ArrayD::from_shape_vec(v.shape().to_vec(), d).unwrap())
-        })
-        .collect()
+    common_models::read_fixture_in("train", "regularization.safetensors")
 }
 
 fn close(what: &str, got: f32, want: f32) {

@@ -16,24 +16,7 @@ use tl::nn::ParamKind;
 use tl::train::{train_step, Penalty, Sgd};
 
 fn fixture(name: &str) -> HashMap<String, ArrayD<f32>> {
-    let bytes = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/train")
-            .join(name),
-    )
-    .unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            let d: Vec<f32> = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (n, ArrayD::from_shape_vec(v.shape().to_vec(), d).unwrap())
-        })
-        .collect()
+    common_models::read_fixture_in("train", name)
 }
 
 fn close(what: &str, got: f64, want: f64, scale: f64) {

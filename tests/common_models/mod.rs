@@ -16,9 +16,18 @@ pub fn fixture_path(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Every F32 tensor of a fixture file.
+/// Every F32 tensor of a fixture file under `tests/fixtures/models`.
 pub fn read_fixture(name: &str) -> HashMap<String, ArrayD<f32>> {
-    let bytes = std::fs::read(fixture_path(name)).expect("fixture present");
+    read_fixture_in("models", name)
+}
+
+/// Every F32 tensor of the fixture file `tests/fixtures/<dir>/<name>`.
+pub fn read_fixture_in(dir: &str, name: &str) -> HashMap<String, ArrayD<f32>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir)
+        .join(name);
+    let bytes = std::fs::read(path).expect("fixture present");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid fixture");
     st.tensors()
         .into_iter()
