@@ -10,9 +10,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tl::nn::loss::{cross_entropy, mse, MseReduction};
 use tl::nn::{
-    AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Relu,
-    Sequential, Sigmoid, Softmax, Step, Tanh,
+    AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d,
+    ParamKind, Relu, Sequential, Sigmoid, Softmax, Step, Tanh,
 };
+use tl::train::Penalty;
 
 fn rng() -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(42)
@@ -235,4 +236,67 @@ fn mse_loss_in_both_reductions() {
             mse(o.view(), t.view(), reduction)
         });
     }
+}
+
+/// `R = λ₁Σ|w| + λ₂Σw²` over trainable weights only: biases, normalisation parameters and frozen
+/// weights are neither counted nor given a gradient.
+#[test]
+fn l1_and_l2_penalties_over_trainable_weights() {
+    let mut r = rng();
+    // Only a holder of parameters of every kind: it is never run.
+    let mut net = Sequential::new(vec![
+        Box::new(Linear::new(3, 4, true, &mut r)),
+        Box::new(batch_norm(4, false)),
+        Box::new(Conv2d::new(1, 2, 3, 1, 1, true, &mut r)),
+        Box::new(Linear::new(4, 2, true, &mut r)),
+    ]);
+    // Weights at least 0.01 from 0, so a step of 0.001 never crosses the kink of |w|.
+    net.visit_mut("", &mut |name, p| {
+        if name.ends_with("weight") && p.kind() == ParamKind::Weight {
+            let shape = p.shape().to_vec();
+            p.set_value(spaced(&shape, 0.02, 23));
+        }
+        if name == "3.weight" {
+            p.set_trainable(false);
+        }
+    });
+    let penalty = Penalty { l1: 0.03, l2: 0.2 };
+    let value = |w: &ArrayD<f32>| -> f64 {
+        w.iter()
+            .map(|&v| 0.03 * (v as f64).abs() + 0.2 * (v as f64).powi(2))
+            .sum()
+    };
+    let mut expected = 0.0;
+    net.visit("", &mut |name, p| {
+        if name == "0.weight" || name == "2.weight" {
+            expected += value(&p.value().to_owned());
+        }
+    });
+    let got = penalty.apply(&mut net) as f64;
+    assert!(
+        (got - expected).abs() <= 1e-6 * expected,
+        "{got} vs {expected}"
+    );
+
+    let mut checked = vec![];
+    net.visit("", &mut |name, p| match (name, &p.grad) {
+        ("0.weight" | "2.weight", Some(g)) => {
+            let w = p.value().to_owned();
+            let h = 1e-3;
+            for (i, (&gv, &wv)) in g.iter().zip(w.iter()).enumerate() {
+                let at = |d: f64| value(&ArrayD::from_elem(vec![1], (wv as f64 + d) as f32));
+                let numeric = (at(h) - at(-h)) / (2.0 * h);
+                assert!(
+                    (gv as f64 - numeric).abs() <= 1e-3 * numeric.abs().max(0.03),
+                    "{name}[{i}]: {gv} vs {numeric}"
+                );
+            }
+            checked.push(name.to_string());
+        }
+        (_, None) => {}
+        (other, Some(_)) => panic!("{other} is not a trainable weight but got a penalty gradient"),
+    });
+    assert_eq!(checked, ["0.weight", "2.weight"]);
+    assert!(Penalty::default().is_off());
+    assert_eq!(Penalty::default().apply(&mut net), 0.0);
 }

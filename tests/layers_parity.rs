@@ -346,3 +346,69 @@ fn mse_matches_pytorch_in_both_reductions() {
     }
     assert!(seen.contains(&MseReduction::Mean) && seen.contains(&MseReduction::HalfSum));
 }
+
+/// The same values in Fortran (column-major) memory order.
+fn fortran(x: ArrayD<f32>) -> ArrayD<f32> {
+    let f = x.t().as_standard_layout().into_owned().reversed_axes();
+    assert!(!f.is_standard_layout() && f == x);
+    f
+}
+
+#[test]
+fn layers_accept_inputs_and_gradients_in_any_memory_order() {
+    let fx = fixture();
+    let prefix = "conv2d/k3_s2_p1_nobias";
+    let mut conv = Conv2d::from_arrays(fx.f32(&format!("{prefix}/weight")), None, 2, 1);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut ctx = Context::train(&mut rng);
+    ctx.input_grad = true;
+    let y = conv.forward(fortran(fx.f32(&format!("{prefix}/x"))), &mut ctx);
+    assert_close(prefix, y.view(), fx.f32(&format!("{prefix}/y")).view());
+    let dx = conv
+        .backward(fortran(fx.f32(&format!("{prefix}/gy"))))
+        .expect("input gradient");
+    assert_close(
+        prefix,
+        dx.view(),
+        fx.f32(&format!("{prefix}/grad.x")).view(),
+    );
+    check_grad(&fx, prefix, "weight", conv.weight.grad.as_ref());
+
+    let prefix = "batch_norm/2d_eval";
+    let mut bn = BatchNorm::new_2d(fx.f32(&format!("{prefix}/weight")).len());
+    for (name, p) in [
+        ("weight", &mut bn.weight),
+        ("bias", &mut bn.bias),
+        ("running_mean", &mut bn.running_mean),
+        ("running_var", &mut bn.running_var),
+    ] {
+        p.set_value(fx.f32(&format!("{prefix}/{name}")));
+    }
+    let mut ctx = Context::eval(&mut rng);
+    ctx.grad_enabled = true;
+    ctx.input_grad = true;
+    let y = bn.forward(fortran(fx.f32(&format!("{prefix}/x"))), &mut ctx);
+    assert_close(prefix, y.view(), fx.f32(&format!("{prefix}/y")).view());
+    let dx = bn
+        .backward(fortran(fx.f32(&format!("{prefix}/gy"))))
+        .expect("input gradient");
+    assert_close(
+        prefix,
+        dx.view(),
+        fx.f32(&format!("{prefix}/grad.x")).view(),
+    );
+
+    let x = fx.f32(&format!("{prefix}/x"));
+    let mut flatten = tl::nn::Flatten::new();
+    let mut ctx = Context::train(&mut rng);
+    ctx.input_grad = true;
+    let flat = flatten.forward(fortran(x.clone()), &mut ctx);
+    let n = x.shape()[0];
+    let want = x
+        .clone()
+        .into_shape_with_order((n, x.len() / n))
+        .expect("C order");
+    assert_eq!(flat, want.into_dyn());
+    let back = flatten.backward(fortran(flat)).expect("gradient");
+    assert_eq!(back, x);
+}

@@ -15,6 +15,7 @@ use ndarray::{Array1, Array3, ArrayD, Axis, Zip};
 use rayon::prelude::*;
 
 use super::{join, Context, Layer, Mode, Param, ParamKind, NO_FORWARD};
+use crate::tensor::into_standard;
 
 /// `nn.BatchNorm1d` / `nn.BatchNorm2d` with affine parameters and running statistics.
 pub struct BatchNorm {
@@ -95,9 +96,7 @@ impl BatchNorm {
         );
         assert_eq!(shape[1], self.channels(), "BatchNorm: channels");
         let inner: usize = shape[2..].iter().product();
-        let x = x
-            .as_standard_layout()
-            .into_owned()
+        let x = into_standard(x)
             .into_shape_with_order((shape[0], shape[1], inner))
             .expect("contiguous");
         (x, shape)

@@ -22,6 +22,7 @@ use super::linear::uniform;
 use super::{join, Context, Layer, Param, ParamKind, NO_FORWARD};
 use crate::tensor::gemm::{matmul, Threads};
 use crate::tensor::im2col::{col2im_rows, im2col_rows, im2col_strided, ConvGeometry};
+use crate::tensor::into_standard;
 
 /// `nn.Conv2d` with a square kernel.
 pub struct Conv2d {
@@ -173,15 +174,6 @@ fn parallel_jobs(jobs: usize) -> bool {
     threads > 1 && jobs >= threads && (jobs % threads == 0 || jobs >= 4 * threads)
 }
 
-/// Standard (C-order, contiguous) layout, copying only when needed.
-fn standard(x: Array4<f32>) -> Array4<f32> {
-    if x.is_standard_layout() {
-        x
-    } else {
-        x.as_standard_layout().into_owned()
-    }
-}
-
 /// The column matrix of output rows `rows` of image `xi`: `xi` itself (as a view of the tile's
 /// columns) for a 1×1, stride-1, unpadded kernel, otherwise built into `buf`.
 fn columns<'a>(
@@ -211,7 +203,7 @@ struct Partial {
 
 impl Layer for Conv2d {
     fn forward(&mut self, x: ArrayD<f32>, ctx: &mut Context<'_>) -> ArrayD<f32> {
-        let x = standard(
+        let x = into_standard(
             x.into_dimensionality::<Ix4>()
                 .expect("Conv2d expects [N, C, H, W]"),
         );
@@ -297,7 +289,7 @@ impl Layer for Conv2d {
 
     fn backward(&mut self, grad: ArrayD<f32>) -> Option<ArrayD<f32>> {
         let cache = self.cache.take().expect(NO_FORWARD);
-        let grad = standard(
+        let grad = into_standard(
             grad.into_dimensionality::<Ix4>()
                 .expect("Conv2d gradient is [N, C_out, OH, OW]"),
         );

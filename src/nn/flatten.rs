@@ -4,6 +4,7 @@
 use ndarray::{ArrayD, IxDyn};
 
 use super::{Context, Layer, NO_FORWARD};
+use crate::tensor::into_standard;
 
 /// `nn.Flatten()`.
 #[derive(Default)]
@@ -23,8 +24,7 @@ impl Layer for Flatten {
         let shape = x.shape().to_vec();
         self.input_shape = ctx.tracks(false).then(|| shape.clone());
         let out = self.output_shape(&shape);
-        x.as_standard_layout()
-            .into_owned()
+        into_standard(x)
             .into_shape_with_order(IxDyn(&out))
             .expect("contiguous")
     }
@@ -32,8 +32,7 @@ impl Layer for Flatten {
     fn backward(&mut self, grad: ArrayD<f32>) -> Option<ArrayD<f32>> {
         let shape = self.input_shape.take().expect(NO_FORWARD);
         Some(
-            grad.as_standard_layout()
-                .into_owned()
+            into_standard(grad)
                 .into_shape_with_order(IxDyn(&shape))
                 .expect("contiguous"),
         )
