@@ -47,7 +47,11 @@ pub fn run(args: Args) -> Result<()> {
     if pretrained {
         eprintln!("starting from the cached pretrained ResNet-18 weights");
     } else {
-        eprintln!("no cached ResNet-18 weights (run `tl fetch resnet18` for ImageNet weights): starting from random weights");
+        eprintln!(
+            "no cached ResNet-18 weights: starting from RANDOM weights. Frozen random stages carry little \
+             shape information, so expect accuracy near chance (1/3); run `tl fetch resnet18` first for \
+             ImageNet weights, which is what fine-tuning is for"
+        );
     }
     let ckpt = args.dir.join("shapes.safetensors");
     let s = |p: &PathBuf| p.display().to_string();
