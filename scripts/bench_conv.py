@@ -82,6 +82,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    load_before = os.getloadavg()[0]
     samples = {"tl": [], "torch": []}
     for r in range(args.rounds):
         order = ["tl", "torch"] if r % 2 == 0 else ["torch", "tl"]
@@ -93,7 +94,8 @@ def main():
 
     print(f"Conv2d 3x3, padding 1, batch {args.batch}, {args.threads} threads, "
           f"{args.rounds} interleaved rounds of {args.iters}; median ms and GFLOP/s")
-    print(f"torch {torch.__version__}, {torch.backends.mkldnn.is_available() and 'oneDNN' or 'no oneDNN'}")
+    print(f"torch {torch.__version__} (oneDNN {torch.backends.mkldnn.is_available()}); "
+          f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     header = f"{'layer':<8} {'shape':<16} {'pass':<8} {'tl ms':>8} {'tl GF/s':>8} " \
              f"{'torch ms':>9} {'torch GF/s':>10} {'tl/torch':>8}"
     print(header)
