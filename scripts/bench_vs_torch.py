@@ -13,13 +13,15 @@ safetensors.torch.save_file). Nothing is downloaded.
 
 Each job case runs tl and the equivalent PyTorch program as separate processes, alternating which
 goes first in each round. Wall time is the whole process (start-up, weight loading, decoding,
-compute, writing the output), as a user waits for it; the table shows the median over rounds and
-the spread of the per-round tl/PyTorch ratios. Peak RSS is the child's own `ru_maxrss`, from
-`os.wait4` on that child. On Linux a child's peak RSS starts from its parent's at fork and
-exec, so this driver stays small (it imports neither numpy nor torch: generating the inputs and
-comparing the outputs run in child processes) and prints its own peak RSS, the floor under every
-measurement. The outputs of the two tools are compared, so the numbers compare the
-same work.
+compute, writing the output), as a user waits for it; the table shows the median over rounds,
+and the median and range of the per-round speed ratios (a round's two runs are neighbours in
+time, so their ratio is less disturbed by other load than a ratio of medians). Peak RSS is the
+child's own `ru_maxrss`, from `os.wait4` on that child. On Linux a child's peak RSS starts from
+its parent's at fork and exec, so this driver stays small (it imports neither numpy nor torch:
+generating the inputs and comparing the outputs run in child processes) and prints its own peak
+RSS, the floor under every measurement. CPU time (user + system) per image is reported too: it
+moves much less than wall time when other processes share the machine. The outputs of the two
+tools are compared, so the numbers compare the same work.
 
 Jobs (`--job`): `features` (tl features vs a torchvision feature extractor). A new job is one more
 entry in JOBS: a function that returns `Case`s (a tl command, a PyTorch command, and a check of
@@ -406,7 +408,7 @@ def main() -> None:
           f"{min(loads):.2f}-{max(loads):.2f} during the runs; tl = {tl_label} (repository at "
           f"{rev}).")
     print()
-    print("| job | tl img/s | PyTorch img/s | tl / PyTorch (per-round range) | "
+    print("| job | tl img/s | PyTorch img/s | tl / PyTorch, median of rounds (range) | "
           "PyTorch img/s without `import torch` | tl / that | tl peak RSS | PyTorch peak RSS | "
           "RSS tl / PyTorch | features max rel. diff |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -416,11 +418,13 @@ def main() -> None:
         th_wall = median([x.wall for x in th_runs])
         th_warm = median([x.wall - x.report.get("import", 0.0) for x in th_runs])
         pair = [h.wall / t.wall for t, h in zip(tl_runs, th_runs)]
+        pair_warm = [(h.wall - h.report.get("import", 0.0)) / t.wall
+                     for t, h in zip(tl_runs, th_runs)]
         tl_rss = median([x.maxrss_mib for x in tl_runs])
         th_rss = median([x.maxrss_mib for x in th_runs])
         print(f"| {c.name} | {c.items / tl_wall:.2f} | {c.items / th_wall:.2f} | "
-              f"**{th_wall / tl_wall:.2f}×** ({min(pair):.2f}–{max(pair):.2f}) | "
-              f"{c.items / th_warm:.2f} | {th_warm / tl_wall:.2f}× | {tl_rss:.0f} MiB | "
+              f"**{median(pair):.2f}×** ({min(pair):.2f}–{max(pair):.2f}) | "
+              f"{c.items / th_warm:.2f} | {median(pair_warm):.2f}× | {tl_rss:.0f} MiB | "
               f"{th_rss:.0f} MiB | **{tl_rss / th_rss:.2f}** | {checks[c.name]} |")
     print()
     print("CPU time (user + system, all threads), median seconds per image; less sensitive than "
