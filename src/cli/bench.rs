@@ -60,8 +60,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn conv(a: ConvArgs) -> Result<()> {
-    if a.batch == 0 || a.iters == 0 {
-        anyhow::bail!("--batch and --iters: must be at least 1");
+    if a.batch == 0 {
+        anyhow::bail!("--batch: must be at least 1");
+    }
+    if a.iters == 0 {
+        anyhow::bail!("--iters: must be at least 1");
     }
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     if !a.json {
