@@ -39,11 +39,19 @@ fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
         for (x, kx) in k.iter().enumerate().take(xmax) {
             let v = if ww != 0.0 { kx / ww } else { *kx };
             let fixed = v * (1u32 << PRECISION_BITS) as f64;
-            weights[xx * ksize + x] = if v < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
+            weights[xx * ksize + x] = if v < 0.0 {
+                (fixed - 0.5) as i32
+            } else {
+                (fixed + 0.5) as i32
+            };
         }
         bounds.push((xmin, xmax));
     }
-    Coeffs { ksize, bounds, weights }
+    Coeffs {
+        ksize,
+        bounds,
+        weights,
+    }
 }
 
 fn clip8(v: i64) -> u8 {
