@@ -12,16 +12,14 @@
 
 use std::ops::Range;
 
-use ndarray::{
-    s, Array2, Array3, Array4, ArrayD, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, Ix4,
-};
+use ndarray::{s, Array2, Array3, Array4, ArrayD, ArrayView2, ArrayViewMut2, Axis, Ix4};
 use rand::RngCore;
 use rayon::prelude::*;
 
 use super::linear::uniform;
 use super::{join, Context, Layer, Param, ParamKind, NO_FORWARD};
 use crate::tensor::gemm::{matmul, Threads};
-use crate::tensor::im2col::{col2im_rows, im2col_rows, im2col_strided, ConvGeometry};
+use crate::tensor::im2col::{col2im_rows, im2col_rows, ConvGeometry};
 use crate::tensor::into_standard;
 
 /// `nn.Conv2d` with a square kernel.
@@ -152,20 +150,6 @@ fn tile_rows(g: &ConvGeometry) -> usize {
     oh.div_ceil(oh.div_ceil(rows))
 }
 
-/// Small images are multiplied several at a time, side by side, for products at least this
-/// wide: on one thread, a product over one 14×14 map (196 columns) runs about 5% slower than one
-/// over two, whose column matrix (7 MB at VGG16's conv5_1) still fits the last-level cache.
-const MIN_GROUP_COLS: usize = 384;
-
-/// Images per product when each image is a single tile: enough for [`MIN_GROUP_COLS`] columns,
-/// but no fewer groups than threads.
-fn image_group(n: usize, cols: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    MIN_GROUP_COLS
-        .div_ceil(cols.max(1))
-        .clamp(1, (n / threads).max(1))
-}
-
 /// Whether `jobs` independent jobs should run in parallel (each product on one thread) rather
 /// than in turn (each product split across threads): when every thread gets the same number of
 /// jobs, or so many that the imbalance is small.
@@ -217,64 +201,34 @@ impl Layer for Conv2d {
             .as_ref()
             .map(|b| b.value().iter().copied().collect::<Vec<_>>());
         let band = tile_rows(&g);
-        let group = if band < g.out_height {
-            1
-        } else {
-            image_group(n, g.col_cols())
-        };
         let mut y = Array3::<f32>::zeros((n, co, g.col_cols()));
-        // Jobs: (first image, output rows, `y[images, :, tile]`).
         let mut jobs = Vec::new();
-        let mut rest_images = y.view_mut();
-        for i in (0..n).step_by(group) {
-            let (images, tail) = rest_images.split_at(Axis(0), group.min(n - i));
-            rest_images = tail;
-            let mut rest = images;
+        for (i, mut rest) in y.axis_iter_mut(Axis(0)).enumerate() {
             for t in (0..g.out_height).step_by(band) {
                 let rows = t..(t + band).min(g.out_height);
-                let (tile, tail) = rest.split_at(Axis(2), rows.len() * g.out_width);
+                let (tile, tail) = rest.split_at(Axis(1), rows.len() * g.out_width);
                 jobs.push((i, rows, tile));
                 rest = tail;
             }
         }
-        let run = |(buf, out): &mut (Vec<f32>, Vec<f32>),
-                   (i, rows, mut yt): (usize, Range<usize>, ArrayViewMut3<'_, f32>),
+        let run = |buf: &mut Vec<f32>,
+                   (i, rows, mut yt): (usize, Range<usize>, ArrayViewMut2<'_, f32>),
                    threads| {
-            let (images, tc) = (yt.len_of(Axis(0)), yt.len_of(Axis(2)));
-            let image = |j: usize| &xs[(i + j) * per_in..(i + j + 1) * per_in];
-            if images == 1 {
-                let col = columns(image(0), &g, rows, buf);
-                matmul(w, col, yt.index_axis_mut(Axis(0), 0), false, threads);
-            } else {
-                // Several small images side by side in one wider product.
-                let ld = images * tc;
-                buf.resize(g.col_rows() * ld, 0.0);
-                for j in 0..images {
-                    im2col_strided(image(j), &g, rows.clone(), &mut buf[j * tc..], ld);
-                }
-                let col = ArrayView2::from_shape((g.col_rows(), ld), &buf[..]).expect("shape");
-                out.resize(co * ld, 0.0);
-                let mut prod = ArrayViewMut2::from_shape((co, ld), &mut out[..]).expect("shape");
-                matmul(w, col, prod.view_mut(), false, threads);
-                for (j, mut yj) in yt.axis_iter_mut(Axis(0)).enumerate() {
-                    yj.assign(&prod.slice(s![.., j * tc..(j + 1) * tc]));
-                }
-            }
+            let col = columns(&xs[i * per_in..(i + 1) * per_in], &g, rows, buf);
+            matmul(w, col, yt.view_mut(), false, threads);
             if let Some(b) = &bias {
-                for mut yj in yt.axis_iter_mut(Axis(0)) {
-                    for (mut row, bv) in yj.axis_iter_mut(Axis(0)).zip(b) {
-                        row += *bv;
-                    }
+                for (mut row, bv) in yt.axis_iter_mut(Axis(0)).zip(b) {
+                    row += *bv;
                 }
             }
         };
         if parallel_jobs(jobs.len()) {
             jobs.into_par_iter()
-                .for_each_init(Default::default, |bufs, job| run(bufs, job, Threads::One));
+                .for_each_init(Vec::new, |buf, job| run(buf, job, Threads::One));
         } else {
-            let mut bufs = Default::default();
+            let mut buf = Vec::new();
             for job in jobs {
-                run(&mut bufs, job, Threads::Pool);
+                run(&mut buf, job, Threads::Pool);
             }
         }
         self.cache = ctx.tracks(self.has_trainable()).then(|| Cache {
@@ -484,9 +438,8 @@ mod tests {
         }
     }
 
-    /// Images large enough to be cut into several tiles, and small ones multiplied several at a
-    /// time, in batches that take the parallel and the sequential paths, against a direct
-    /// convolution.
+    /// Images large enough to be cut into several tiles, in batches that take the parallel and
+    /// the sequential paths, against a direct convolution.
     #[test]
     fn tiled_and_parallel_paths_match_a_direct_convolution() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -495,17 +448,10 @@ mod tests {
             (1, 64, 40, 3, 1, 1),
             (3, 64, 90, 3, 2, 1),
             (2, 1024, 32, 1, 1, 0),
-            (4, 8, 9, 3, 1, 1),
-            (5, 4, 7, 3, 2, 1),
         ] {
             let mut conv = Conv2d::new(c, 3, k, s, p, true, &mut rng);
             let g = conv.geometry(&[n, c, side, side]);
-            let tiled = tile_rows(&g) < g.out_height;
-            let grouped = image_group(n, g.col_cols()) > 1;
-            assert!(
-                tiled || grouped || rayon::current_num_threads() == 1,
-                "several tiles per image, or several images per product"
-            );
+            assert!(tile_rows(&g) < g.out_height, "several tiles per image");
             let x = uniform(&mut rng, &[n, c, side, side], 1.0)
                 .into_dimensionality::<Ix4>()
                 .expect("4-D");

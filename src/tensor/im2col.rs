@@ -91,41 +91,13 @@ pub fn im2col(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
 /// # Panics
 /// Panics if the slice lengths do not match the geometry or the rows are out of range.
 pub fn im2col_rows(x: &[f32], g: &ConvGeometry, out_rows: Range<usize>, col: &mut [f32]) {
-    let tile = out_rows.len() * g.out_width;
-    assert_eq!(col.len(), g.col_rows() * tile, "im2col: column length");
-    im2col_strided(x, g, out_rows, col, tile);
-}
-
-/// As [`im2col_rows`], writing row `r` of the tile at `col[r·ld..]`: the tile is a block of
-/// columns of a wider matrix with row stride `ld` (several images side by side).
-///
-/// # Panics
-/// Panics if `ld` is smaller than the tile's width, `col` is too short, the input length does
-/// not match the geometry, or the rows are out of range.
-pub fn im2col_strided(
-    x: &[f32],
-    g: &ConvGeometry,
-    out_rows: Range<usize>,
-    col: &mut [f32],
-    ld: usize,
-) {
     let (h, w, k, s) = (g.height, g.width, g.kernel, g.stride);
     let ow = g.out_width;
     assert!(out_rows.end <= g.out_height, "im2col: output rows");
     let (oy0, oy1) = (out_rows.start, out_rows.end.max(out_rows.start));
     let tile = (oy1 - oy0) * ow;
     assert_eq!(x.len(), g.channels * h * w, "im2col: input length");
-    assert!(
-        ld >= tile,
-        "im2col: row stride {ld} below the tile width {tile}"
-    );
-    if tile == 0 || g.col_rows() == 0 {
-        return;
-    }
-    assert!(
-        col.len() >= (g.col_rows() - 1) * ld + tile,
-        "im2col: column length"
-    );
+    assert_eq!(col.len(), g.col_rows() * tile, "im2col: column length");
     let p = g.padding as isize;
     for c in 0..g.channels {
         let plane = &x[c * h * w..(c + 1) * h * w];
@@ -134,7 +106,7 @@ pub fn im2col_strided(
             for kj in 0..k {
                 let (x_lo, x_hi) = g.valid_range(w, ow, kj);
                 let row = (c * k + ki) * k + kj;
-                let dst = &mut col[row * ld..row * ld + tile];
+                let dst = &mut col[row * tile..(row + 1) * tile];
                 for (oy, out_row) in (oy0..oy1).zip(dst.chunks_exact_mut(ow.max(1))) {
                     if oy < y_lo || oy >= y_hi || x_hi <= x_lo {
                         out_row.fill(0.0);
