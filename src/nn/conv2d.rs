@@ -17,7 +17,9 @@ use rand::RngCore;
 use rayon::prelude::*;
 
 use super::linear::uniform;
-use super::{join, Context, Layer, Param, ParamKind, NO_FORWARD};
+use super::{
+    visit_weight_bias, visit_weight_bias_mut, Context, Layer, Param, ParamKind, NO_FORWARD,
+};
 use crate::tensor::gemm::{matmul, Threads};
 use crate::tensor::im2col::{col2im_rows, im2col_rows, ConvGeometry};
 use crate::tensor::into_standard;
@@ -372,17 +374,11 @@ impl Layer for Conv2d {
     }
 
     fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
-        f(&join(prefix, "weight"), &self.weight);
-        if let Some(b) = &self.bias {
-            f(&join(prefix, "bias"), b);
-        }
+        visit_weight_bias(prefix, &self.weight, self.bias.as_ref(), f);
     }
 
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param)) {
-        f(&join(prefix, "weight"), &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(&join(prefix, "bias"), b);
-        }
+        visit_weight_bias_mut(prefix, &mut self.weight, self.bias.as_mut(), f);
     }
 }
 

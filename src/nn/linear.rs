@@ -5,7 +5,9 @@
 use ndarray::{Array1, Array2, ArrayD, Axis, Ix2};
 use rand::{Rng, RngCore};
 
-use super::{join, Context, Layer, Param, ParamKind, NO_FORWARD};
+use super::{
+    visit_weight_bias, visit_weight_bias_mut, Context, Layer, Param, ParamKind, NO_FORWARD,
+};
 use crate::tensor::gemm::{matmul, Threads};
 
 /// `nn.Linear`.
@@ -135,16 +137,10 @@ impl Layer for Linear {
     }
 
     fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
-        f(&join(prefix, "weight"), &self.weight);
-        if let Some(b) = &self.bias {
-            f(&join(prefix, "bias"), b);
-        }
+        visit_weight_bias(prefix, &self.weight, self.bias.as_ref(), f);
     }
 
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param)) {
-        f(&join(prefix, "weight"), &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(&join(prefix, "bias"), b);
-        }
+        visit_weight_bias_mut(prefix, &mut self.weight, self.bias.as_mut(), f);
     }
 }

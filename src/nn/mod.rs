@@ -173,5 +173,31 @@ pub fn join(prefix: &str, name: &str) -> String {
     }
 }
 
+/// Visits `prefix.weight` and, when there is one, `prefix.bias` (Linear, Conv2d).
+pub(crate) fn visit_weight_bias<'a>(
+    prefix: &str,
+    weight: &'a Param,
+    bias: Option<&'a Param>,
+    f: &mut dyn FnMut(&str, &'a Param),
+) {
+    f(&join(prefix, "weight"), weight);
+    if let Some(b) = bias {
+        f(&join(prefix, "bias"), b);
+    }
+}
+
+/// [`visit_weight_bias`], mutably.
+pub(crate) fn visit_weight_bias_mut(
+    prefix: &str,
+    weight: &mut Param,
+    bias: Option<&mut Param>,
+    f: &mut dyn FnMut(&str, &mut Param),
+) {
+    f(&join(prefix, "weight"), weight);
+    if let Some(b) = bias {
+        f(&join(prefix, "bias"), b);
+    }
+}
+
 /// The message of the panic raised by a backward pass with no forward pass before it.
 pub(crate) const NO_FORWARD: &str = "backward called without a tracked forward pass";
