@@ -242,7 +242,7 @@ fn inspect_reports_keras_style_totals() {
         s.chars()
             .enumerate()
             .flat_map(|(i, c)| {
-                if i > 0 && (s.len() - i) % 3 == 0 {
+                if i > 0 && (s.len() - i).is_multiple_of(3) {
                     vec![',', c]
                 } else {
                     vec![c]

@@ -16,9 +16,6 @@ pub(crate) struct Lock {
 
 /// Takes the lock at `path`, waiting for another holder to release it; tells `observer` when it
 /// has to wait.
-// `File::lock` is std since 1.89; the crate's `rust-version` says 1.85, but its locked
-// dependencies (image 0.25.10, icu 2.4) already need 1.88.
-#[allow(clippy::incompatible_msrv)]
 pub(crate) fn acquire(path: &Path, observer: &mut dyn Observer) -> Result<Lock> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

@@ -157,7 +157,7 @@ fn tile_rows(g: &ConvGeometry) -> usize {
 /// jobs, or so many that the imbalance is small.
 fn parallel_jobs(jobs: usize) -> bool {
     let threads = rayon::current_num_threads();
-    threads > 1 && jobs >= threads && (jobs % threads == 0 || jobs >= 4 * threads)
+    threads > 1 && jobs >= threads && (jobs.is_multiple_of(threads) || jobs >= 4 * threads)
 }
 
 /// The column matrix of output rows `rows` of image `xi`: `xi` itself (as a view of the tile's

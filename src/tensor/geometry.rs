@@ -36,7 +36,7 @@ pub fn strict_output_size(n: usize, kernel: usize, stride: usize, padding: usize
         ));
     }
     let span = n + 2 * padding - kernel;
-    if span % stride != 0 {
+    if !span.is_multiple_of(stride) {
         return Err(Error::config(
             name,
             format!("stride {stride} does not divide n + 2P - k = {span}"),
