@@ -119,7 +119,13 @@ pub fn run(args: Args) -> Result<()> {
         running.accuracy(),
         running.loss()
     );
-    let w = classes.iter().map(|c| c.len()).max().unwrap_or(5).max(9);
+    let w = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{i} {c}").len())
+        .max()
+        .unwrap_or(5)
+        .max(9);
     println!("{:<w$}  precision  recall  support", "class");
     for (i, c) in classes.iter().enumerate() {
         println!(
