@@ -6,31 +6,14 @@ mod common_models;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common_models::{assert_close, read_fixture, synthetic_model};
+use common_models::{
+    assert_close, fails_naming, read_fixture, synthetic_model, tensors_of, tl, tmpdir,
+};
 use ndarray::{Array2, ArrayD};
 use tl::models::{synthetic, Arch};
 use tl::weights::save_atomic;
-
-fn tl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tl"))
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
-        .env(
-            "TL_HOME",
-            std::env::temp_dir().join("tl-cli-infer-empty-cache"),
-        )
-        .output()
-        .expect("tl runs")
-}
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tl-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// The PNG noise images of the fixture script: floor((u + 1)·128).
 fn noise_png(dir: &Path, name: &str, w: u32, h: u32) -> PathBuf {
@@ -47,10 +30,8 @@ fn noise_png(dir: &Path, name: &str, w: u32, h: u32) -> PathBuf {
 
 fn resnet_weights(dir: &Path) -> PathBuf {
     let m = synthetic_model(Arch::Resnet18);
-    let mut t = Vec::new();
-    m.visit(&mut |n, p| t.push((n.to_string(), p.value())));
     let path = dir.join("resnet18-synthetic.safetensors");
-    save_atomic(&path, t, HashMap::new()).unwrap();
+    save_atomic(&path, tensors_of(&m), HashMap::new()).unwrap();
     path
 }
 
@@ -88,7 +69,7 @@ fn ok(out: &Output) -> String {
 
 #[test]
 fn features_and_predict_match_torchvision_on_png_files() {
-    let dir = tmpdir("parity");
+    let dir = tmpdir("cli-parity");
     let weights = resnet_weights(&dir);
     let imgs = [
         noise_png(&dir, "img0", 256, 256),
@@ -272,26 +253,9 @@ fn raw_safetensors(path: &Path, header: &str, data: &[u8]) {
     std::fs::write(path, b).unwrap();
 }
 
-fn fails_naming(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success: {err}"
-    );
-    assert!(
-        !err.contains("panicked")
-            && !err.contains("stack backtrace")
-            && !err.contains("internal error"),
-        "{err}"
-    );
-    for n in needles {
-        assert!(err.contains(n), "error should mention {n:?}: {err}");
-    }
-}
-
 #[test]
 fn bad_input_gives_clear_errors_without_panics() {
-    let dir = tmpdir("errors");
+    let dir = tmpdir("cli-errors");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let img = noise_png(&dir, "ok", 64, 64);
     let run = |weights: &Path| {

@@ -1,34 +1,18 @@
 //! Fine-tuning end to end: early stopping restores the best epoch, resume repeats an uninterrupted
 //! run, checkpoints are atomic, eval agrees with training, and bad input is a clear error.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common_models;
 
+use std::path::Path;
+use std::process::Command;
+
+use common_models::{empty_cache, fails_naming, tl, tmpdir};
 use ndarray::Array4;
 use rand::SeedableRng;
 use tl::models::{synthetic, Arch, Init, Model};
 use tl::train::trainer::{Feed, Quiet, Resume};
 use tl::train::{fit, RunFiles, TrainConfig};
 use tl::weights::WeightFile;
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tl-finetune-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn tl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tl"))
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
-        .env(
-            "TL_HOME",
-            std::env::temp_dir().join("tl-finetune-empty-cache"),
-        )
-        .output()
-        .expect("tl runs")
-}
 
 fn small_model() -> Model {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -83,7 +67,7 @@ fn run(
 
 #[test]
 fn early_stopping_keeps_the_best_epoch() {
-    let dir = tmpdir("early");
+    let dir = tmpdir("finetune-early");
     let files = RunFiles::for_checkpoint(&dir.join("m.safetensors"));
     let mut model = small_model();
     let s = run(20, &files, Resume::default(), &mut model);
@@ -122,7 +106,7 @@ fn early_stopping_keeps_the_best_epoch() {
 
 #[test]
 fn resume_repeats_an_uninterrupted_run() {
-    let dir = tmpdir("resume");
+    let dir = tmpdir("finetune-resume");
     let straight = RunFiles::for_checkpoint(&dir.join("straight.safetensors"));
     let mut a = small_model();
     let sa = run(3, &straight, Resume::default(), &mut a);
@@ -155,18 +139,6 @@ fn write_pngs(dir: &Path, class: &str, n: usize, seed: u64) {
     }
 }
 
-fn fails_naming(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure: {err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("backtrace"),
-        "{err}"
-    );
-    for n in needles {
-        assert!(err.contains(n), "error should mention {n:?}: {err}");
-    }
-}
-
 const FAST: [&str; 10] = [
     "--model",
     "resnet18",
@@ -182,7 +154,7 @@ const FAST: [&str; 10] = [
 
 #[test]
 fn bad_files_are_skipped_and_reported_and_eval_agrees() {
-    let dir = tmpdir("skip");
+    let dir = tmpdir("finetune-skip");
     let data = dir.join("data");
     write_pngs(&data, "circle", 6, 0);
     write_pngs(&data, "square", 6, 1);
@@ -269,7 +241,7 @@ fn bad_files_are_skipped_and_reported_and_eval_agrees() {
 
 #[test]
 fn bad_folders_and_flags_are_clear_errors() {
-    let dir = tmpdir("bad");
+    let dir = tmpdir("finetune-bad");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let out_ckpt = s(&dir.join("m.safetensors"));
     let run = |data: &Path, extra: &[&str]| {
@@ -317,7 +289,7 @@ fn bad_folders_and_flags_are_clear_errors() {
 
 #[test]
 fn killing_a_run_never_leaves_a_broken_checkpoint() {
-    let dir = tmpdir("kill");
+    let dir = tmpdir("finetune-kill");
     let data = dir.join("data");
     write_pngs(&data, "a", 8, 0);
     write_pngs(&data, "b", 8, 1);
@@ -343,10 +315,7 @@ fn killing_a_run_never_leaves_a_broken_checkpoint() {
             ])
             .args(&FAST[..5])
             .args(["--batch-size", "8"])
-            .env(
-                "TL_HOME",
-                std::env::temp_dir().join("tl-finetune-empty-cache"),
-            )
+            .env("TL_HOME", empty_cache())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -377,7 +346,7 @@ fn killing_a_run_never_leaves_a_broken_checkpoint() {
 
 #[test]
 fn frozen_feature_cache_trains_as_recomputing_does() {
-    let dir = tmpdir("cache");
+    let dir = tmpdir("finetune-cache");
     let data = dir.join("data");
     write_pngs(&data, "a", 6, 0);
     write_pngs(&data, "b", 6, 1);

@@ -6,7 +6,7 @@ mod common_models;
 
 use std::collections::HashMap;
 
-use common_models::{assert_close, read_fixture, run, synthetic_model};
+use common_models::{assert_close, read_fixture, run, synthetic_model, tensors_of, tmpdir};
 use ndarray::ArrayD;
 use tl::models::{synthetic, Arch, Init, Model};
 use tl::weights::{save_atomic, WeightFile};
@@ -39,19 +39,6 @@ fn resnet18_matches_torchvision() {
     assert_close("resnet18 logits", &logits, &want["logits"], 1e-4);
 }
 
-fn tmpdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("tl-pretrained-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn tensors_of(model: &Model) -> Vec<(String, ndarray::ArrayViewD<'_, f32>)> {
-    let mut t = Vec::new();
-    model.visit(&mut |n, p| t.push((n.to_string(), p.value())));
-    t
-}
-
 fn load(arch: Arch, path: &std::path::Path) -> Model {
     let file = WeightFile::open(path).unwrap();
     let mut m = Model::new(arch, 1000, Init::Zeros);
@@ -61,7 +48,7 @@ fn load(arch: Arch, path: &std::path::Path) -> Model {
 
 #[test]
 fn vgg16_loads_in_place_from_the_map_and_from_timm_names() {
-    let dir = tmpdir("vgg");
+    let dir = tmpdir("pretrained-vgg");
     let src = synthetic_model(Arch::Vgg16);
     let path = dir.join("vgg16.safetensors");
     save_atomic(&path, tensors_of(&src), HashMap::new()).unwrap();
@@ -136,7 +123,7 @@ fn vgg16_loads_in_place_from_the_map_and_from_timm_names() {
 
 #[test]
 fn half_precision_files_match_f32_within_their_precision() {
-    let dir = tmpdir("half");
+    let dir = tmpdir("pretrained-half");
     let src = synthetic_model(Arch::Resnet18);
     let want = read_fixture("resnet18.safetensors");
     for (dtype, rel) in [

@@ -126,7 +126,6 @@ struct Cli {
     bar: Option<ProgressBar>,
     cached: bool,
     epochs: usize,
-    skipped: usize,
 }
 
 impl Observer for Cli {
@@ -178,7 +177,6 @@ impl FinetuneObserver for Cli {
     }
 
     fn on_skipped(&mut self, path: &Path, message: &str) {
-        self.skipped += 1;
         eprintln!("skipped {}: {message}", path.display());
     }
 
@@ -266,7 +264,6 @@ pub fn run(args: Args) -> Result<()> {
         bar: None,
         cached: false,
         epochs: args.epochs,
-        skipped: 0,
     };
     let report = finetune(&mut model, &opts, resume, &mut cli)?;
     let s = &report.summary;
@@ -284,8 +281,8 @@ pub fn run(args: Args) -> Result<()> {
         trainable,
         total
     );
-    if cli.skipped > 0 {
-        eprintln!("skipped {} unreadable file(s)", cli.skipped);
+    if !report.skipped.is_empty() {
+        eprintln!("skipped {} unreadable file(s)", report.skipped.len());
     }
     println!(
         "checkpoint: {} (last: {}, metrics: {})",

@@ -619,9 +619,3 @@ pub fn fit(
     }
     Ok(summary(&history, &stopper, stopped_early))
 }
-
-/// True when the layer tree has a trainable parameter (a model with nothing to train is an
-/// error the CLI reports before starting).
-pub fn has_trainable(model: &Model) -> bool {
-    model.net().has_trainable()
-}

@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use ndarray::ArrayD;
 use tl::models::{synthetic, Arch, Init, Model};
-use tl::nn::{Context, Layer};
+use tl::nn::Context;
 
 /// `tests/fixtures/models/<name>`.
 pub fn fixture_path(name: &str) -> PathBuf {
@@ -76,14 +77,48 @@ pub fn assert_close(what: &str, got: &ArrayD<f32>, want: &ArrayD<f32>, rel: f32)
     worst
 }
 
-/// The number of parameters with trainable flag set (sanity in training tests).
-pub fn trainable(model: &Model) -> usize {
-    model.param_counts().1
+/// Every parameter and buffer of `model` by name, for writing a weight file.
+pub fn tensors_of(model: &Model) -> Vec<(String, ndarray::ArrayViewD<'_, f32>)> {
+    let mut t = Vec::new();
+    model.visit(&mut |n, p| t.push((n.to_string(), p.value())));
+    t
 }
 
-/// Whether a layer tree has any parameter gradient.
-pub fn has_grads(layer: &dyn Layer) -> bool {
-    let mut any = false;
-    layer.visit("", &mut |_, p| any |= p.grad.is_some());
-    any
+/// A fresh, empty folder `tl-<tag>-<pid>` in the temporary directory.
+pub fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tl-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A weight cache that stays empty, so no test finds fetched weights.
+pub fn empty_cache() -> PathBuf {
+    std::env::temp_dir().join("tl-tests-empty-cache")
+}
+
+/// Runs the `tl` binary with an empty cache and `RUST_BACKTRACE=1` (as CI sets it).
+pub fn tl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tl"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env("TL_HOME", empty_cache())
+        .output()
+        .expect("tl runs")
+}
+
+/// Asserts a failed run: non-zero exit, no panic or backtrace, and every needle in the message.
+pub fn fails_naming(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace") && !err.contains("internal error"),
+        "{err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "error should mention {n:?}: {err}");
+    }
 }
