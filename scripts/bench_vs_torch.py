@@ -1,31 +1,44 @@
 #!/usr/bin/env python3
-"""tl against PyTorch on this machine, in one run, interleaved: images/s and peak RSS.
+"""tl vs PyTorch vs onnxruntime on this machine, in one run, interleaved: images/s and peak RSS.
 
 Run from anywhere after `cargo build --release` (needs torch, torchvision, safetensors, numpy,
-pillow; CI never runs this):
+pillow, and, when `ort` is among `--tools` as it is by default, onnxruntime and onnx, all from
+pip; CI never runs this):
 
     python3 scripts/bench_vs_torch.py --rounds 5 --images 32 --models vgg16,resnet18 --threads 2
 
 Everything is generated in a temporary directory (or `--workdir DIR`, kept and reused): N
-deterministic synthetic images (JPEG and PNG, 256x256 and 320x240) and synthetic weight files made
+deterministic synthetic images (JPEG and PNG, 256x256 and 320x240), synthetic weight files made
 with the repository's rule (scripts/synthetic.py on a torchvision model, saved with
-safetensors.torch.save_file). Nothing is downloaded.
+safetensors.torch.save_file) and, for onnxruntime, each model's feature extractor exported from
+those same weights with torch.onnx.export (opset 17, dynamic batch axis). Nothing is downloaded.
 
-Each job case runs tl and the equivalent PyTorch program as separate processes, alternating which
-goes first in each round. Wall time is the whole process (start-up, weight loading, decoding,
-compute, writing the output), as a user waits for it; the table shows the median over rounds,
-and the median and range of the per-round speed ratios (a round's two runs are neighbours in
-time, so their ratio is less disturbed by other load than a ratio of medians). Peak RSS is the
-child's own `ru_maxrss`, from `os.wait4` on that child. On Linux a child's peak RSS starts from
-its parent's at fork and exec, so this driver stays small (it imports neither numpy nor torch:
-generating the inputs and comparing the outputs run in child processes) and prints its own peak
-RSS, the floor under every measurement. CPU time (user + system) per image is reported too: it
-moves much less than wall time when other processes share the machine. The outputs of the two
-tools are compared, so the numbers compare the same work.
+Three tools (`--tools`, default `tl,torch,ort`; tl must be one of them):
+- `tl`: `tl features`;
+- `torch`: the torchvision feature extractor as a PyTorch user writes it (transforms, DataLoader,
+  inference_mode);
+- `ort`: the exported ONNX model in an onnxruntime InferenceSession (CPUExecutionProvider, graph
+  optimisation ALL, intra-op threads = --threads), preprocessing with PIL and numpy only, as an
+  onnxruntime user writes it (no torch in that process).
 
-Jobs (`--job`): `features` (tl features vs a torchvision feature extractor). A new job is one more
-entry in JOBS: a function that returns `Case`s (a tl command, a PyTorch command, and a check of
-their outputs).
+Each job case runs every tool as a separate process in each round, rotating which goes first
+(round r starts at tool r mod the number of tools), so each tool sees the same conditions. Wall
+time is the whole process (start-up, weight loading, decoding, compute, writing the output), as a
+user waits for it; the table shows the median over rounds, and the median and range of the
+per-round speed ratios tl / other (a round's runs are neighbours in time, so their ratio is less
+disturbed by other load than a ratio of medians), also without each Python tool's own import
+time. Peak RSS is the child's own `ru_maxrss`, from `os.wait4` on that child. On Linux a child's
+peak RSS starts from its parent's at fork and exec, so this driver stays small (it imports neither
+numpy nor torch: generating the inputs and comparing the outputs run in child processes) and
+prints its own peak RSS, the floor under every measurement. CPU time (user + system) per image is
+reported too: it moves much less than wall time when other processes share the machine (note that
+onnxruntime's worker threads spin while waiting by default, which counts as CPU time). tl's
+output is compared with each other tool's (max relative difference, per image format), so the
+numbers compare the same work.
+
+Jobs (`--job`): `features` (tl features vs a torchvision feature extractor and its ONNX export).
+A new job is one more entry in JOBS: a function that returns `Case`s (a command per tool and a
+check of their outputs).
 """
 
 import argparse
@@ -49,6 +62,12 @@ TL = os.path.join(ROOT, "target", "release", "tl")
 
 # Feature stage of each model, as tl names it, and how many values it has.
 FEATURE_STAGE = {"vgg16": ("fc7", 4096), "resnet18": ("pool", 512)}
+
+# The tools, in their default order, and how the report names them.
+TOOLS = {"tl": "tl", "torch": "PyTorch", "ort": "ORT"}
+# What each Python tool's child reports as "import", named in the table.
+IMPORT = {"torch": "`import torch`", "ort": "`import onnxruntime`"}
+ONNX_OPSET = 17
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,6 +131,44 @@ def make_weights(directory: str, model: str) -> str:
     return path
 
 
+def make_onnx(directory: str, model: str, weights: str) -> str:
+    """The feature extractor of torchvision `model` with the weights in `weights`, exported to ONNX
+    (input "input", N x 3 x 224 x 224 float32, output "features", N x width; N is dynamic):
+    VGG16 features -> avgpool -> flatten -> classifier[:5] (fc7 after its ReLU), ResNet-18 with
+    fc replaced by Identity (the 512 pooled values). Written to a temporary name, then renamed."""
+    path = os.path.join(directory, f"{model}-features-opset{ONNX_OPSET}.onnx")
+    if os.path.exists(path):
+        return path
+    import importlib.util
+
+    import torch
+    import torchvision
+    from safetensors.torch import load_file
+
+    net = getattr(torchvision.models, model)()
+    missing, unexpected = net.load_state_dict(load_file(weights), strict=False)
+    if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
+        sys.exit(f"{weights}: missing {missing}, unexpected {unexpected}")
+    if model == "vgg16":
+        net.classifier = net.classifier[:5]  # fc6, ReLU, Dropout, fc7, ReLU
+    else:
+        net.fc = torch.nn.Identity()  # flatten(avgpool(layer4)) = pool
+    net.eval()
+    x = torch.zeros(2, 3, 224, 224)
+    # The torch.export-based exporter needs onnxscript; without it, the TorchScript-based one.
+    dynamo = importlib.util.find_spec("onnxscript") is not None
+    tmp = path + ".tmp"
+    kwargs = {"external_data": False} if dynamo else {}
+    with torch.inference_mode():
+        torch.onnx.export(
+            net, (x,), tmp, input_names=["input"], output_names=["features"],
+            dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=ONNX_OPSET, dynamo=dynamo, **kwargs,
+        )
+    os.replace(tmp, path)
+    return path
+
+
 # --------------------------------------------------------------------------------------------
 # Running a child and measuring it
 
@@ -161,9 +218,9 @@ def child_env(threads: int) -> dict:
 class Case:
     name: str  # a table row, e.g. "vgg16 fc7"
     items: int  # images per run (for images/s)
-    tl_cmd: List[str]
-    torch_cmd: List[str]
-    check: Callable[[], str]  # compares the two outputs after a run; returns a short text
+    cmds: Dict[str, List[str]]  # tool ("tl", "torch", "ort") -> its command
+    # Compares tl's output with each other tool's after a run: {tool: a short text}.
+    check: Callable[[], Dict[str, str]]
     extra: Dict[str, str] = field(default_factory=dict)
 
 
@@ -179,62 +236,91 @@ def features_job(args, work: str) -> List[Case]:
     images = os.path.join(work, "images")
     prepare = [sys.executable, os.path.abspath(__file__), "_prepare", "--images", images,
                "--count", str(args.images), "--work", work, "--models", ",".join(args.models)]
-    weights = json.loads(subprocess.run(prepare, check=True, capture_output=True,
-                                        text=True).stdout.splitlines()[-1])
+    if "ort" in args.tools:
+        prepare.append("--onnx")
+    done = subprocess.run(prepare, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"failed ({done.returncode}): {shlex.join(prepare)}\n{done.stderr[-4000:]}")
+    files = json.loads(done.stdout.splitlines()[-1])
+    me = [sys.executable, os.path.abspath(__file__)]
     cases = []
     for model in args.models:
         stage, width = FEATURE_STAGE[model]
-        tl_out = os.path.join(work, f"tl-{model}.npy")
-        torch_out = os.path.join(work, f"torch-{model}.npy")
-        tl_cmd = [
-            args.tl, "--threads", str(args.threads), "features", images, "--model", model,
-            "--weights", weights[model], "--layer", stage, "-o", tl_out,
-            "--batch-size", str(args.batch_size),
+        weights = files["weights"][model]
+        outs = {t: os.path.join(work, f"{t}-{model}.npy") for t in args.tools}
+        cmds = {}
+        if "tl" in args.tools:
+            cmds["tl"] = [
+                args.tl, "--threads", str(args.threads), "features", images, "--model", model,
+                "--weights", weights, "--layer", stage, "-o", outs["tl"],
+                "--batch-size", str(args.batch_size),
+            ]
+        if "torch" in args.tools:
+            cmds["torch"] = me + [
+                "_torch_features", "--model", model, "--weights", weights, "--images", images,
+                "--out", outs["torch"], "--batch-size", str(args.batch_size),
+                "--threads", str(args.threads), "--workers", str(args.torch_workers),
+            ]
+        if "ort" in args.tools:
+            cmds["ort"] = me + [
+                "_ort_features", "--onnx", files["onnx"][model], "--images", images,
+                "--out", outs["ort"], "--batch-size", str(args.batch_size),
+                "--threads", str(args.threads),
+            ]
+        check = me + ["_check_features", images, str(width), outs["tl"]] + [
+            f"{t}={outs[t]}" for t in args.tools if t != "tl"
         ]
-        torch_cmd = [
-            sys.executable, os.path.abspath(__file__), "_torch_features", "--model", model,
-            "--weights", weights[model], "--images", images, "--out", torch_out,
-            "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-            "--workers", str(args.torch_workers),
-        ]
-        check = [sys.executable, os.path.abspath(__file__), "_check_features", tl_out,
-                 torch_out, images, str(width)]
 
         def run_check(check=check):
-            return subprocess.run(check, check=True, capture_output=True,
-                                  text=True).stdout.strip()
+            done = subprocess.run(check, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"check failed: {shlex.join(check)}\n{done.stdout}{done.stderr}")
+            return json.loads(done.stdout.splitlines()[-1])
 
-        cases.append(Case(f"{model} {stage}", args.images, tl_cmd, torch_cmd, run_check))
+        cases.append(Case(f"{model} {stage}", args.images, cmds, run_check))
     return cases
 
 
 def prepare(argv: List[str]) -> None:
-    """Child process: writes the images and weight files, prints {model: weights path}."""
+    """Child process: writes the images, the weight files and (with --onnx) the ONNX exports,
+    prints {"weights": {model: path}, "onnx": {model: path}}."""
     p = argparse.ArgumentParser()
     p.add_argument("--images", required=True)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--work", required=True)
     p.add_argument("--models", required=True)
+    p.add_argument("--onnx", action="store_true")
     a = p.parse_args(argv)
     make_images(a.images, a.count)
-    print(json.dumps({m: make_weights(a.work, m) for m in a.models.split(",")}))
+    models = a.models.split(",")
+    weights = {m: make_weights(a.work, m) for m in models}
+    onnx = {m: make_onnx(a.work, m, weights[m]) for m in models} if a.onnx else {}
+    print(json.dumps({"weights": weights, "onnx": onnx}))
 
 
 def check_features(argv: List[str]) -> None:
-    """Child process: compares tl's and PyTorch's feature files, per image format."""
+    """Child process: compares tl's feature file with each other tool's (`tool=path`), per image
+    format; prints {tool: "PNG x, JPEG y"} as JSON."""
     import numpy as np
 
-    tl_out, torch_out, images, width = argv
+    images, width, tl_out = argv[:3]
     paths = sorted(os.listdir(images))
-    a, b = np.load(tl_out), np.load(torch_out)
-    if a.shape != b.shape or a.shape != (len(paths), int(width)):
-        sys.exit(f"shapes differ: tl {a.shape}, PyTorch {b.shape}")
-    parts = []
-    for what, ext in (("PNG", ".png"), ("JPEG", ".jpg")):
-        rows = [i for i, p in enumerate(paths) if p.endswith(ext)]
-        if rows:
-            parts.append(f"{what} {max_rel_diff(a[rows], b[rows]):.1e}")
-    print(", ".join(parts))
+    a = np.load(tl_out)
+    if a.shape != (len(paths), int(width)):
+        sys.exit(f"tl's output has shape {a.shape}, expected {(len(paths), int(width))}")
+    result = {}
+    for spec in argv[3:]:
+        tool, out = spec.split("=", 1)
+        b = np.load(out)
+        if b.shape != a.shape:
+            sys.exit(f"shapes differ: tl {a.shape}, {TOOLS[tool]} {b.shape}")
+        parts = []
+        for what, ext in (("PNG", ".png"), ("JPEG", ".jpg")):
+            rows = [i for i, p in enumerate(paths) if p.endswith(ext)]
+            if rows:
+                parts.append(f"{what} {max_rel_diff(a[rows], b[rows]):.1e}")
+        result[tool] = ", ".join(parts)
+    print(json.dumps(result))
 
 
 JOBS = {"features": features_job}
@@ -330,6 +416,82 @@ def torch_features(argv: List[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# The onnxruntime side (run as a child process of this script; no torch in it)
+
+
+def ort_features(argv: List[str]) -> None:
+    """The exported feature extractor in onnxruntime, as an onnxruntime user writes it: an
+    InferenceSession on the CPU provider (intra-op threads = --threads, inter-op 1, all graph
+    optimisations); preprocessing with PIL and numpy, step for step what torchvision's
+    Resize(256), CenterCrop(224), ToTensor, Normalize do on a PIL image; batches of
+    --batch-size."""
+    t0 = time.perf_counter()
+    p = argparse.ArgumentParser()
+    for a in ("--onnx", "--images", "--out"):
+        p.add_argument(a, required=True)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+
+    import numpy as np
+    import onnxruntime
+    from PIL import Image
+
+    t_import = time.perf_counter()
+
+    so = onnxruntime.SessionOptions()
+    so.intra_op_num_threads = a.threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = onnxruntime.InferenceSession(a.onnx, sess_options=so,
+                                           providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    t_load = time.perf_counter()
+
+    mean = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
+    std = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
+
+    def preprocess(path):
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+        w, h = im.size
+        # Resize(256): the shorter side to 256, the longer to int(256 * long / short).
+        if w <= h:
+            size = (256, int(256 * h / w))
+        else:
+            size = (int(256 * w / h), 256)
+        if size != (w, h):
+            im = im.resize(size, Image.BILINEAR)
+        # CenterCrop(224).
+        w, h = im.size
+        top, left = int(round((h - 224) / 2.0)), int(round((w - 224) / 2.0))
+        im = im.crop((left, top, left + 224, top + 224))
+        # ToTensor, Normalize: CHW float32 in [0, 1], then (x - mean) / std.
+        x = np.asarray(im, dtype=np.uint8).astype(np.float32).transpose(2, 0, 1) / np.float32(255)
+        return (x - mean) / std
+
+    exts = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+    files = sorted(
+        os.path.join(root, f)
+        for root, _, names in os.walk(a.images)
+        for f in names
+        if f.lower().endswith(exts)
+    )
+    rows = []
+    for i in range(0, len(files), a.batch_size):
+        x = np.ascontiguousarray(np.stack([preprocess(f) for f in files[i:i + a.batch_size]]))
+        rows.append(session.run(None, {input_name: x})[0])
+    np.save(a.out, np.concatenate(rows).astype(np.float32))
+    t_end = time.perf_counter()
+    print(json.dumps({
+        "import": t_import - t0,
+        "load": t_load - t_import,
+        "run": t_end - t_load,
+        "onnxruntime": onnxruntime.__version__,
+    }))
+
+
+# --------------------------------------------------------------------------------------------
 # Driver
 
 
@@ -338,13 +500,16 @@ def median(xs):
 
 
 def main() -> None:
-    children = {"_torch_features": torch_features, "_prepare": prepare,
-                "_check_features": check_features}
+    children = {"_torch_features": torch_features, "_ort_features": ort_features,
+                "_prepare": prepare, "_check_features": check_features}
     if len(sys.argv) > 1 and sys.argv[1] in children:
         children[sys.argv[1]](sys.argv[2:])
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--job", default="features", choices=sorted(JOBS))
+    p.add_argument("--tools", default=",".join(TOOLS),
+                   help="tools to run, comma-separated: tl (required), torch, ort "
+                   "(default: %(default)s; order of the first round)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--models", default="vgg16,resnet18")
@@ -360,9 +525,17 @@ def main() -> None:
     for m in args.models:
         if m not in FEATURE_STAGE:
             sys.exit(f"--models: unknown model {m!r} (known: {', '.join(FEATURE_STAGE)})")
+    args.tools = list(dict.fromkeys(t.strip() for t in args.tools.split(",") if t.strip()))
+    for t in args.tools:
+        if t not in TOOLS:
+            sys.exit(f"--tools: unknown tool {t!r} (known: {', '.join(TOOLS)})")
+    if "tl" not in args.tools or len(args.tools) < 2:
+        sys.exit("--tools: needs tl and at least one of torch, ort")
     if not os.path.exists(args.tl):
         sys.exit(f"{os.path.relpath(args.tl)} not found: run `cargo build --release` first")
     command = "python3 scripts/bench_vs_torch.py " + shlex.join(sys.argv[1:])
+    tools = args.tools
+    others = [t for t in tools if t != "tl"]
 
     tmp = None
     if args.workdir:
@@ -380,15 +553,14 @@ def main() -> None:
     cases = JOBS[args.job](args, work)
     env = child_env(args.threads)
 
-    runs: Dict[str, Dict[str, List[Run]]] = {c.name: {"tl": [], "torch": []} for c in cases}
-    checks: Dict[str, str] = {}
+    runs: Dict[str, Dict[str, List[Run]]] = {c.name: {t: [] for t in tools} for c in cases}
+    checks: Dict[str, Dict[str, str]] = {}
     for r in range(args.rounds):
         for c in cases:
-            order = ["tl", "torch"] if r % 2 == 0 else ["torch", "tl"]
-            for tool in order:
-                cmd = c.tl_cmd if tool == "tl" else c.torch_cmd
+            k = r % len(tools)  # each tool goes first, second, ... equally often
+            for tool in tools[k:] + tools[:k]:
                 log = os.path.join(work, f"log-{c.name.replace(' ', '-')}-{tool}")
-                run = run_child(cmd, env, log)
+                run = run_child(c.cmds[tool], env, log)
                 runs[c.name][tool].append(run)
                 print(f"round {r + 1}/{args.rounds} {c.name:14} {tool:5} {run.wall:7.2f} s "
                       f"{c.items / run.wall:7.2f} img/s  cpu {run.cpu:6.2f} s  {run.maxrss_mib:6.0f} MiB  "
@@ -398,57 +570,82 @@ def main() -> None:
 
     rev = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
                          capture_output=True, text=True).stdout.strip() or "unknown"
-    loads = [x.load for c in cases for t in ("tl", "torch") for x in runs[c.name][t]]
+    loads = [x.load for c in cases for t in tools for x in runs[c.name][t]]
+    versions = []
+    for t, key, label in (("torch", "torch", "PyTorch"), ("ort", "onnxruntime", "onnxruntime")):
+        found = {x.report.get(key) for c in cases for x in runs[c.name].get(t, []) if x.report}
+        if found:
+            versions.append(f"{label} {', '.join(sorted(v for v in found if v))}")
     print()
     print(f"`{command}`")
     print()
     print(f"{args.job}, {args.images} images (JPEG+PNG, 256x256 and 320x240), batch "
-          f"{args.batch_size}, {args.threads} threads each, {args.rounds} rounds interleaved; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load average "
-          f"{min(loads):.2f}-{max(loads):.2f} during the runs; tl = {tl_label} (repository at "
-          f"{rev}).")
+          f"{args.batch_size}, {args.threads} threads each, {args.rounds} rounds interleaved "
+          f"(first tool rotating); {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs; load average {min(loads):.2f}-{max(loads):.2f} during the "
+          f"runs; tl = {tl_label} (repository at {rev}); {'; '.join(versions)}.")
     print()
-    print("| job | tl img/s | PyTorch img/s | tl / PyTorch, median of rounds (range) | "
-          "PyTorch img/s without `import torch` | tl / that | tl peak RSS | PyTorch peak RSS | "
-          "RSS tl / PyTorch | features max rel. diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def ratios(c, t, warm=False):
+        """Per-round speed ratios tl / `t` (wall of `t` over wall of tl, same round)."""
+        return [((o.wall - o.report.get("import", 0.0)) if warm else o.wall) / l.wall
+                for l, o in zip(runs[c.name]["tl"], runs[c.name][t])]
+
+    head = ["job", "tl img/s"]
+    for t in others:
+        head += [f"{TOOLS[t]} img/s", f"tl / {TOOLS[t]}, median of rounds (range)"]
+    for t in others:
+        head += [f"{TOOLS[t]} img/s without {IMPORT[t]}", "tl / that"]
+    head += [f"{TOOLS[t]} peak RSS" for t in tools]
+    head += [f"RSS tl / {TOOLS[t]}" for t in others]
+    head += [f"max rel. diff tl vs {TOOLS[t]}" for t in others]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
     for c in cases:
-        tl_runs, th_runs = runs[c.name]["tl"], runs[c.name]["torch"]
-        tl_wall = median([x.wall for x in tl_runs])
-        th_wall = median([x.wall for x in th_runs])
-        th_warm = median([x.wall - x.report.get("import", 0.0) for x in th_runs])
-        pair = [h.wall / t.wall for t, h in zip(tl_runs, th_runs)]
-        pair_warm = [(h.wall - h.report.get("import", 0.0)) / t.wall
-                     for t, h in zip(tl_runs, th_runs)]
-        tl_rss = median([x.maxrss_mib for x in tl_runs])
-        th_rss = median([x.maxrss_mib for x in th_runs])
-        print(f"| {c.name} | {c.items / tl_wall:.2f} | {c.items / th_wall:.2f} | "
-              f"**{median(pair):.2f}×** ({min(pair):.2f}–{max(pair):.2f}) | "
-              f"{c.items / th_warm:.2f} | {median(pair_warm):.2f}× | {tl_rss:.0f} MiB | "
-              f"{th_rss:.0f} MiB | **{tl_rss / th_rss:.2f}** | {checks[c.name]} |")
+        wall = {t: median([x.wall for x in runs[c.name][t]]) for t in tools}
+        rss = {t: median([x.maxrss_mib for x in runs[c.name][t]]) for t in tools}
+        row = [c.name, f"{c.items / wall['tl']:.2f}"]
+        for t in others:
+            pair = ratios(c, t)
+            row += [f"{c.items / wall[t]:.2f}",
+                    f"**{median(pair):.2f}×** ({min(pair):.2f}–{max(pair):.2f})"]
+        for t in others:
+            warm = median([x.wall - x.report.get("import", 0.0) for x in runs[c.name][t]])
+            row += [f"{c.items / warm:.2f}", f"{median(ratios(c, t, warm=True)):.2f}×"]
+        row += [f"{rss[t]:.0f} MiB" for t in tools]
+        row += [f"**{rss['tl'] / rss[t]:.2f}**" for t in others]
+        row += [checks[c.name].get(t, "") for t in others]
+        print("| " + " | ".join(row) + " |")
     print()
     print("CPU time (user + system, all threads), median seconds per image; less sensitive than "
           "wall time to other processes on the machine:")
     print()
     for c in cases:
-        tl_cpu = median([x.cpu for x in runs[c.name]["tl"]]) / c.items
-        th_cpu = median([x.cpu for x in runs[c.name]["torch"]]) / c.items
-        print(f"- {c.name}: tl {tl_cpu:.3f} s, PyTorch {th_cpu:.3f} s "
-              f"(PyTorch / tl = {th_cpu / tl_cpu:.2f})")
+        cpu = {t: median([x.cpu for x in runs[c.name][t]]) / c.items for t in tools}
+        parts = [f"tl {cpu['tl']:.3f} s"] + [
+            f"{TOOLS[t]} {cpu[t]:.3f} s ({TOOLS[t]} / tl = {cpu[t] / cpu['tl']:.2f})"
+            for t in others
+        ]
+        print(f"- {c.name}: " + ", ".join(parts))
     print()
     floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(f"Peak RSS floor (this driver's own, inherited by each child at fork): {floor:.0f} MiB.")
-    print()
-    print("PyTorch's process, median seconds: import torch / build model + load weights / "
-          "decode + compute + write:")
-    print()
-    for c in cases:
-        rep = [x.report for x in runs[c.name]["torch"] if x.report]
-        if rep:
-            parts = " / ".join(f"{median([x[k] for x in rep]):.2f}" for k in ("import", "load",
-                                                                               "run"))
-            tl_wall = median([x.wall for x in runs[c.name]["tl"]])
-            print(f"- {c.name}: {parts} s (tl's whole process: {tl_wall:.2f} s)")
+    stages = {
+        "torch": ("PyTorch's process", "import torch / build model + load weights"),
+        "ort": ("onnxruntime's process", "import onnxruntime / create the InferenceSession"),
+    }
+    for t in others:
+        who, what = stages[t]
+        print()
+        print(f"{who}, median seconds: {what} / decode + compute + write:")
+        print()
+        for c in cases:
+            rep = [x.report for x in runs[c.name][t] if x.report]
+            if rep:
+                parts = " / ".join(f"{median([x[k] for x in rep]):.2f}"
+                                   for k in ("import", "load", "run"))
+                tl_wall = median([x.wall for x in runs[c.name]["tl"]])
+                print(f"- {c.name}: {parts} s (tl's whole process: {tl_wall:.2f} s)")
     if tmp is not None:
         tmp.cleanup()
 
