@@ -1,7 +1,9 @@
-//! `tl bench conv`: GFLOP/s of Conv2d forward and backward at VGG16's conv3_1 and conv5_1 shapes
-//! (3×3, padding 1, stride 1). A forward pass costs `2·N·C_out·OH·OW·C_in·k²` flops; a backward
-//! pass twice that (`∂W` and `∂x`). Each pass runs `--warmup` times untimed, then `--iters` times;
-//! the median time is reported.
+//! `tl bench conv`: GFLOP/s of Conv2d forward and backward at 3×3, padding-1, stride-1 shapes of
+//! VGG16 (conv1_2, conv2_2, conv3_1, conv4_2, conv5_1) and ResNet-18 (layer1, layer4). A forward
+//! pass costs `2·N·C_out·OH·OW·C_in·k²` flops; a backward pass twice that (`∂W` and `∂x`). These
+//! are the flops of the direct convolution, whatever the kernel (im2col + GEMM or Winograd), so
+//! GFLOP/s compare kernels. Each pass runs `--warmup` times untimed, then `--iters` times; the
+//! median time is reported. `TL_CONV=im2col` (or `winograd`) forces one kernel.
 
 use std::time::Instant;
 
@@ -20,7 +22,7 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 enum Job {
-    /// Conv2d forward and backward at VGG16's conv3_1 and conv5_1 shapes.
+    /// Conv2d forward and backward at VGG16 and ResNet-18 shapes.
     Conv(ConvArgs),
 }
 
@@ -38,11 +40,21 @@ struct ConvArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Only these shapes (comma-separated names, e.g. `conv3_1,layer4`; default: all).
+    #[arg(long, value_delimiter = ',')]
+    layers: Vec<String>,
 }
 
 /// A convolution shape: name, input side, input channels, output channels (3×3, padding 1).
-const SHAPES: [(&str, usize, usize, usize); 2] =
-    [("conv3_1", 56, 128, 256), ("conv5_1", 14, 512, 512)];
+const SHAPES: [(&str, usize, usize, usize); 7] = [
+    ("conv1_2", 224, 64, 64),
+    ("conv2_2", 112, 128, 128),
+    ("conv3_1", 56, 128, 256),
+    ("conv4_2", 28, 512, 512),
+    ("conv5_1", 14, 512, 512),
+    ("layer1", 56, 64, 64),
+    ("layer4", 7, 512, 512),
+];
 
 pub fn run(args: Args) -> Result<()> {
     match args.job {
@@ -66,6 +78,17 @@ fn conv(a: ConvArgs) -> Result<()> {
     if a.iters == 0 {
         anyhow::bail!("--iters: must be at least 1");
     }
+    if let Some(bad) = a
+        .layers
+        .iter()
+        .find(|l| !SHAPES.iter().any(|s| s.0 == l.as_str()))
+    {
+        let names: Vec<&str> = SHAPES.iter().map(|s| s.0).collect();
+        anyhow::bail!(
+            "--layers: unknown shape {bad:?} (known: {})",
+            names.join(", ")
+        );
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     if !a.json {
         println!(
@@ -74,6 +97,9 @@ fn conv(a: ConvArgs) -> Result<()> {
         );
     }
     for (name, side, c_in, c_out) in SHAPES {
+        if !a.layers.is_empty() && !a.layers.iter().any(|l| l == name) {
+            continue;
+        }
         let mut layer = Conv2d::new(c_in, c_out, 3, 1, 1, true, &mut rng);
         let x = random(&[a.batch, c_in, side, side], &mut rng);
         let g = random(&[a.batch, c_out, side, side], &mut rng);

@@ -9,8 +9,17 @@
 //! it stays in cache between im2col and the product and its buffer stays small. Tiles (forward)
 //! or images (backward) run in parallel, each product on one thread, when there are enough of
 //! them to keep every thread busy; otherwise they run in turn, each product split across threads.
+//!
+//! 3×3, stride-1 convolutions with enough channels and outputs ([`winograd_pays`]) go through
+//! Winograd F(4×4, 3×3) instead ([`crate::tensor::winograd`]), forward and for `∂x` (the
+//! convolution of `g` with the kernel rotated by 180° and its channels swapped, padding `2 − P`);
+//! `∂W` always takes im2col. The Winograd-domain weights are kept in the layer, keyed on a
+//! fingerprint of the weight's values, and rebuilt when those change. The environment variable
+//! `TL_CONV`, read once per process, overrides the choice: `TL_CONV=im2col` forces im2col + GEMM
+//! everywhere, `TL_CONV=winograd` takes Winograd for every 3×3, stride-1 convolution it can run.
 
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use ndarray::{s, Array2, Array3, Array4, ArrayD, ArrayView2, ArrayViewMut2, Axis, Ix4};
 use rand::RngCore;
@@ -23,6 +32,7 @@ use super::{
 use crate::tensor::gemm::{matmul, Threads};
 use crate::tensor::im2col::{col2im_rows, im2col_rows, ConvGeometry};
 use crate::tensor::into_standard;
+use crate::tensor::winograd::{conv3x3, WinogradWeights};
 
 /// `nn.Conv2d` with a square kernel.
 pub struct Conv2d {
@@ -33,6 +43,7 @@ pub struct Conv2d {
     stride: usize,
     padding: usize,
     cache: Option<Cache>,
+    winograd: WinogradCache,
 }
 
 struct Cache {
@@ -85,6 +96,7 @@ impl Conv2d {
             stride,
             padding,
             cache: None,
+            winograd: WinogradCache::default(),
         }
     }
 
@@ -134,6 +146,184 @@ impl Conv2d {
             .into_shape_with_order((co, ckk))
             .expect("contiguous weight")
     }
+
+    /// `y = W·col(x) + b` through im2col and GEMM, a band of output rows at a time.
+    fn forward_im2col(
+        &self,
+        x: &Array4<f32>,
+        g: &ConvGeometry,
+        bias: Option<&[f32]>,
+    ) -> Array4<f32> {
+        let (n, co) = (x.shape()[0], self.out_channels());
+        let w = self.weight_matrix();
+        let xs = x.as_slice().expect("standard layout");
+        let per_in = g.channels * g.height * g.width;
+        let band = tile_rows(g);
+        let mut y = Array3::<f32>::zeros((n, co, g.col_cols()));
+        let mut jobs = Vec::new();
+        for (i, mut rest) in y.axis_iter_mut(Axis(0)).enumerate() {
+            for t in (0..g.out_height).step_by(band) {
+                let rows = t..(t + band).min(g.out_height);
+                let (tile, tail) = rest.split_at(Axis(1), rows.len() * g.out_width);
+                jobs.push((i, rows, tile));
+                rest = tail;
+            }
+        }
+        let run = |buf: &mut Vec<f32>,
+                   (i, rows, mut yt): (usize, Range<usize>, ArrayViewMut2<'_, f32>),
+                   threads| {
+            let col = columns(&xs[i * per_in..(i + 1) * per_in], g, rows, buf);
+            matmul(w, col, yt.view_mut(), false, threads);
+            if let Some(b) = bias {
+                for (mut row, bv) in yt.axis_iter_mut(Axis(0)).zip(b) {
+                    row += *bv;
+                }
+            }
+        };
+        if parallel_jobs(jobs.len()) {
+            jobs.into_par_iter()
+                .for_each_init(Vec::new, |buf, job| run(buf, job, Threads::One));
+        } else {
+            let mut buf = Vec::new();
+            for job in jobs {
+                run(&mut buf, job, Threads::Pool);
+            }
+        }
+        y.into_shape_with_order((n, co, g.out_height, g.out_width))
+            .expect("output shape")
+    }
+
+    /// Whether a convolution of `n` images with this layer's kernel, from `c_in` to `c_out`
+    /// channels, to an `oh`×`ow` output, takes Winograd.
+    fn takes_winograd(
+        &self,
+        n: usize,
+        (c_in, c_out): (usize, usize),
+        (oh, ow): (usize, usize),
+    ) -> bool {
+        if self.kernel() != 3 || self.stride != 1 || n * oh * ow == 0 {
+            return false;
+        }
+        match algorithm() {
+            Algorithm::Im2col => false,
+            Algorithm::Winograd => true,
+            Algorithm::Auto => winograd_pays(n, (c_in, c_out), (oh, ow), self.weight.trainable()),
+        }
+    }
+
+    /// The Winograd-domain weights for the forward pass (`input_grad == false`) or for `∂x`,
+    /// rebuilt (in place) when the weight's values changed since they were built.
+    fn winograd_weights(&mut self, input_grad: bool) -> &WinogradWeights {
+        let value = self.weight.value();
+        let key = fingerprint(value.as_slice().expect("contiguous weight"));
+        let w = value.into_dimensionality::<Ix4>().expect("4-D weight");
+        let slot = if input_grad {
+            &mut self.winograd.input_grad
+        } else {
+            &mut self.winograd.forward
+        };
+        match slot {
+            Some((k, _)) if *k == key => {}
+            Some((k, u)) => {
+                if input_grad {
+                    u.set_for_input_grad(w);
+                } else {
+                    u.set(w);
+                }
+                *k = key;
+            }
+            None => {
+                let u = if input_grad {
+                    WinogradWeights::for_input_grad(w)
+                } else {
+                    WinogradWeights::new(w)
+                };
+                *slot = Some((key, u));
+            }
+        }
+        &slot.as_ref().expect("built above").1
+    }
+}
+
+/// Which kernel 3×3, stride-1 convolutions take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Algorithm {
+    /// Winograd where [`winograd_pays`], im2col + GEMM elsewhere.
+    Auto,
+    /// im2col + GEMM everywhere.
+    Im2col,
+    /// Winograd for every 3×3, stride-1 convolution.
+    Winograd,
+}
+
+/// The `TL_CONV` environment variable (`im2col` or `winograd`; anything else, or unset, is
+/// [`Algorithm::Auto`]), read on first use and kept for the life of the process. Meant for
+/// benchmarks and for checking one path against the other.
+fn algorithm() -> Algorithm {
+    static ALGORITHM: OnceLock<Algorithm> = OnceLock::new();
+    *ALGORITHM.get_or_init(|| match std::env::var("TL_CONV").as_deref() {
+        Ok("im2col") => Algorithm::Im2col,
+        Ok("winograd") => Algorithm::Winograd,
+        _ => Algorithm::Auto,
+    })
+}
+
+/// Whether Winograd F(4×4, 3×3) pays over im2col + GEMM for `n` images from `c_in` to `c_out`
+/// channels to an `oh`×`ow` output, with a weight that is `trainable` (then its transform is
+/// rebuilt after every optimizer step, which costs about what 16 tiles save).
+///
+/// Its products shrink 4× but its transforms cost per tile and channel, so it needs channels:
+/// `h = C_in·C_out/(C_in + C_out)` (the transforms' share of the work goes as `1/h`) of at least
+/// 16, and enough 4×4 output tiles (over the batch) for the products to run wide: 48 at `h ≥ 16`,
+/// 32 at `h ≥ 32`, 16 more for a trainable weight. Measured on 2 threads against im2col (forward,
+/// 3×3, padding 1, batch 1 to 8, 7×7 to 56×56): at 4 to 8 tiles 0.4–0.8× (mostly), at 16 tiles
+/// 0.6–1.7×; from 32 tiles 1.3–1.6× at 64 channels and 1.6–2.5× at 128 to 512 (3.1× at 392
+/// tiles); 32 channels 1.0–1.2× at 32 tiles and 1.3–1.8× from 49; 16 channels 0.9–2×.
+pub fn winograd_pays(
+    n: usize,
+    (c_in, c_out): (usize, usize),
+    (oh, ow): (usize, usize),
+    trainable: bool,
+) -> bool {
+    let tiles = n * oh.div_ceil(4) * ow.div_ceil(4);
+    let h = c_in * c_out / (c_in + c_out).max(1);
+    let min_tiles = match h {
+        32.. => 32,
+        16.. => 48,
+        _ => return false,
+    };
+    tiles >= min_tiles + if trainable { 16 } else { 0 }
+}
+
+/// Winograd-domain weights for the forward pass and for `∂x` (each 4× the weight's size, built
+/// on first use), with the fingerprint of the weight values each was built from.
+#[derive(Default)]
+struct WinogradCache {
+    forward: Option<(Fingerprint, WinogradWeights)>,
+    input_grad: Option<(Fingerprint, WinogradWeights)>,
+}
+
+/// The length of a weight and four running hashes of its values' bits (value `i` feeds hash
+/// `i mod 4`). Each step `h ← (rotl(h, 5) ⊕ bits)·K`, `K` odd, is one-to-one in `h` and in the
+/// bits, so changing any single value always changes the fingerprint; several changes cancel out
+/// only by accident.
+type Fingerprint = (usize, [u64; 4]);
+
+fn fingerprint(values: &[f32]) -> Fingerprint {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = [1u64, 2, 3, 4];
+    let step =
+        |h: &mut u64, v: &f32| *h = (h.rotate_left(5) ^ u64::from(v.to_bits())).wrapping_mul(K);
+    let mut chunks = values.chunks_exact(4);
+    for c in &mut chunks {
+        for (h, v) in h.iter_mut().zip(c) {
+            step(h, v);
+        }
+    }
+    for (h, v) in h.iter_mut().zip(chunks.remainder()) {
+        step(h, v);
+    }
+    (values.len(), h)
 }
 
 /// Target size of one tile of the column matrix: small enough to stay in cache next to the
@@ -195,52 +385,28 @@ impl Layer for Conv2d {
         );
         let g = self.geometry(x.shape());
         let (n, co) = (x.shape()[0], self.out_channels());
-        let w = self.weight_matrix();
-        let xs = x.as_slice().expect("standard layout");
-        let per_in = g.channels * g.height * g.width;
         let bias = self
             .bias
             .as_ref()
             .map(|b| b.value().iter().copied().collect::<Vec<_>>());
-        let band = tile_rows(&g);
-        let mut y = Array3::<f32>::zeros((n, co, g.col_cols()));
-        let mut jobs = Vec::new();
-        for (i, mut rest) in y.axis_iter_mut(Axis(0)).enumerate() {
-            for t in (0..g.out_height).step_by(band) {
-                let rows = t..(t + band).min(g.out_height);
-                let (tile, tail) = rest.split_at(Axis(1), rows.len() * g.out_width);
-                jobs.push((i, rows, tile));
-                rest = tail;
-            }
-        }
-        let run = |buf: &mut Vec<f32>,
-                   (i, rows, mut yt): (usize, Range<usize>, ArrayViewMut2<'_, f32>),
-                   threads| {
-            let col = columns(&xs[i * per_in..(i + 1) * per_in], &g, rows, buf);
-            matmul(w, col, yt.view_mut(), false, threads);
-            if let Some(b) = &bias {
-                for (mut row, bv) in yt.axis_iter_mut(Axis(0)).zip(b) {
-                    row += *bv;
-                }
-            }
-        };
-        if parallel_jobs(jobs.len()) {
-            jobs.into_par_iter()
-                .for_each_init(Vec::new, |buf, job| run(buf, job, Threads::One));
+        let y = if self.takes_winograd(n, (g.channels, co), (g.out_height, g.out_width)) {
+            let padding = self.padding;
+            conv3x3(
+                x.view(),
+                self.winograd_weights(false),
+                bias.as_deref(),
+                padding,
+                false,
+            )
         } else {
-            let mut buf = Vec::new();
-            for job in jobs {
-                run(&mut buf, job, Threads::Pool);
-            }
-        }
+            self.forward_im2col(&x, &g, bias.as_deref())
+        };
         self.cache = ctx.tracks(self.has_trainable()).then(|| Cache {
             input_shape: [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]],
             input: self.weight.trainable().then_some(x),
             input_grad: ctx.input_grad,
         });
-        y.into_shape_with_order((n, co, g.out_height, g.out_width))
-            .expect("output shape")
-            .into_dyn()
+        y.into_dyn()
     }
 
     fn backward(&mut self, grad: ArrayD<f32>) -> Option<ArrayD<f32>> {
@@ -270,7 +436,10 @@ impl Layer for Conv2d {
             .input
             .as_ref()
             .map(|x| x.as_slice().expect("standard layout"));
-        let want_dx = cache.input_grad;
+        let winograd_dx = cache.input_grad
+            && self.padding <= 2
+            && self.takes_winograd(n, (co, g.channels), (g.height, g.width));
+        let want_dx = cache.input_grad && !winograd_dx;
         let mut dx = Array2::<f32>::zeros((if want_dx { n } else { 0 }, per_in));
         let band = tile_rows(&g);
         let tiles: Vec<Range<usize>> = (0..g.out_height)
@@ -344,6 +513,20 @@ impl Layer for Conv2d {
                 .into_shape_with_order(self.weight.shape().to_vec())
                 .expect("weight shape");
             self.weight.accumulate_grad(total.view());
+        }
+        if winograd_dx {
+            let grad = grad
+                .into_shape_with_order((n, co, g.out_height, g.out_width))
+                .expect("standard layout");
+            let padding = 2 - self.padding;
+            let dx = conv3x3(
+                grad.view(),
+                self.winograd_weights(true),
+                None,
+                padding,
+                false,
+            );
+            return Some(dx.into_dyn());
         }
         want_dx.then(|| {
             dx.into_shape_with_order(cache.input_shape.to_vec())
@@ -509,5 +692,137 @@ mod tests {
                 rdb.iter().copied(),
             );
         }
+    }
+
+    /// A layer large enough to take Winograd forward and for `∂x` (unless `TL_CONV=im2col`),
+    /// at paddings 1 and 0 (whose `∂x` has padding 2), against a direct convolution.
+    #[test]
+    fn winograd_path_matches_a_direct_convolution() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        for (n, c, co, side, p) in [(2, 64, 96, 30, 1), (3, 64, 64, 23, 0)] {
+            let mut conv = Conv2d::new(c, co, 3, 1, p, true, &mut rng);
+            let g = conv.geometry(&[n, c, side, side]);
+            let (oh, ow) = (g.out_height, g.out_width);
+            if algorithm() != Algorithm::Im2col {
+                assert!(conv.takes_winograd(n, (c, co), (oh, ow)), "forward");
+                assert!(
+                    conv.takes_winograd(n, (co, c), (side, side)),
+                    "input gradient"
+                );
+            }
+            let x = uniform(&mut rng, &[n, c, side, side], 1.0)
+                .into_dimensionality::<Ix4>()
+                .expect("4-D");
+            let gy = uniform(&mut rng, &[n, co, oh, ow], 1.0)
+                .into_dimensionality::<Ix4>()
+                .expect("4-D");
+            let mut ctx = Context::train(&mut rng);
+            ctx.input_grad = true;
+            let y = conv.forward(x.clone().into_dyn(), &mut ctx);
+            let dx = conv
+                .backward(gy.clone().into_dyn())
+                .expect("input gradient");
+            let w = conv
+                .weight
+                .value()
+                .to_owned()
+                .into_dimensionality::<Ix4>()
+                .expect("4-D");
+            let (ry, rdx, rdw, _) = direct(&x, &w, &gy, 1, p);
+            let bias: Vec<f64> = conv
+                .bias
+                .as_ref()
+                .expect("bias")
+                .value()
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let per = oh * ow;
+            close(
+                "y",
+                y.as_slice().expect("contiguous"),
+                ry.iter().enumerate().map(|(i, v)| v + bias[(i / per) % co]),
+            );
+            close(
+                "dx",
+                dx.as_slice().expect("contiguous"),
+                rdx.iter().copied(),
+            );
+            close(
+                "dW",
+                conv.weight
+                    .grad
+                    .as_ref()
+                    .expect("dW")
+                    .as_slice()
+                    .expect("contiguous"),
+                rdw.iter().copied(),
+            );
+        }
+    }
+
+    /// The cached Winograd weights follow the weight however it changes: in place, replaced,
+    /// or through `visit_mut`, forward and for `∂x`.
+    #[test]
+    fn winograd_weights_are_rebuilt_when_the_weight_changes() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (n, c, co, side) = (2, 64, 64, 32);
+        let mut conv = Conv2d::new(c, co, 3, 1, 1, false, &mut rng);
+        if algorithm() != Algorithm::Im2col {
+            assert!(conv.takes_winograd(n, (c, co), (side, side)));
+        }
+        let x = uniform(&mut rng, &[n, c, side, side], 1.0);
+        let gy = uniform(&mut rng, &[n, co, side, side], 1.0);
+        let check = |conv: &mut Conv2d, rng: &mut rand_chacha::ChaCha8Rng, what: &str| {
+            let mut ctx = Context::train(rng);
+            ctx.input_grad = true;
+            let y = conv.forward(x.clone(), &mut ctx);
+            let dx = conv.backward(gy.clone()).expect("input gradient");
+            let w = conv
+                .weight
+                .value()
+                .to_owned()
+                .into_dimensionality::<Ix4>()
+                .expect("4-D");
+            let x4 = x.clone().into_dimensionality::<Ix4>().expect("4-D");
+            let g4 = gy.clone().into_dimensionality::<Ix4>().expect("4-D");
+            let (ry, rdx, _, _) = direct(&x4, &w, &g4, 1, 1);
+            close(what, y.as_slice().expect("contiguous"), ry.iter().copied());
+            close(
+                what,
+                dx.as_slice().expect("contiguous"),
+                rdx.iter().copied(),
+            );
+        };
+        check(&mut conv, &mut rng, "initial");
+        check(&mut conv, &mut rng, "cached");
+        conv.weight.value_mut()[[3, 5, 1, 2]] += 0.5;
+        check(&mut conv, &mut rng, "one value changed in place");
+        conv.weight.set_trainable(false);
+        let doubled = conv.weight.value().mapv(|v| 2.0 * v);
+        conv.weight.set_value(doubled);
+        check(&mut conv, &mut rng, "replaced, frozen");
+        conv.visit_mut("", &mut |_, p| p.value_mut().mapv_inplace(|v| -v));
+        check(&mut conv, &mut rng, "negated through visit_mut");
+    }
+
+    #[test]
+    fn fingerprint_sees_every_single_change() {
+        let base: Vec<f32> = (0..37).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let key = fingerprint(&base);
+        assert_eq!(key, fingerprint(&base.clone()));
+        for i in 0..base.len() {
+            for v in [0.0, -0.0, f32::MIN_POSITIVE, base[i] + 1.0, f32::NAN] {
+                let mut changed = base.clone();
+                changed[i] = v;
+                if changed[i].to_bits() != base[i].to_bits() {
+                    assert_ne!(fingerprint(&changed), key, "value {i} set to {v}");
+                }
+            }
+        }
+        let mut swapped = base.clone();
+        swapped.swap(0, 4);
+        assert_ne!(fingerprint(&swapped), key, "two values of one lane swapped");
+        assert_ne!(fingerprint(&base[..36]), key, "shorter");
     }
 }
