@@ -21,7 +21,9 @@
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use ndarray::{s, Array2, Array3, Array4, ArrayD, ArrayView2, ArrayViewMut2, Axis, Ix4};
+use ndarray::{
+    s, Array2, Array3, Array4, ArrayD, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, Ix4,
+};
 use rand::RngCore;
 use rayon::prelude::*;
 
@@ -155,6 +157,10 @@ impl Conv2d {
         bias: Option<&[f32]>,
     ) -> Array4<f32> {
         let (n, co) = (x.shape()[0], self.out_channels());
+        let group = images_per_group(n, g.col_cols());
+        if group > 1 {
+            return self.forward_grouped(x, g, bias, group);
+        }
         let w = self.weight_matrix();
         let xs = x.as_slice().expect("standard layout");
         let per_in = g.channels * g.height * g.width;
@@ -191,6 +197,215 @@ impl Conv2d {
         }
         y.into_shape_with_order((n, co, g.out_height, g.out_width))
             .expect("output shape")
+    }
+
+    /// `y = W·col(x) + b` for small outputs: the columns of `group` images side by side in one
+    /// product (`[C_out, C·k·k]·[C·k·k, group·OH·OW]`), so that the weight is packed once per
+    /// group rather than once per image and the product runs wide.
+    fn forward_grouped(
+        &self,
+        x: &Array4<f32>,
+        g: &ConvGeometry,
+        bias: Option<&[f32]>,
+        group: usize,
+    ) -> Array4<f32> {
+        let (n, co, p) = (x.shape()[0], self.out_channels(), g.col_cols());
+        let w = self.weight_matrix();
+        let xs = x.as_slice().expect("standard layout");
+        let mut y = Array3::<f32>::zeros((n, co, p));
+        let jobs: Vec<_> = y
+            .axis_chunks_iter_mut(Axis(0), group)
+            .enumerate()
+            .map(|(j, chunk)| (j * group, chunk))
+            .collect();
+        let run =
+            |bufs: &mut GroupBuffers, (first, mut yc): (usize, ArrayViewMut3<'_, f32>), threads| {
+                let images = first..first + yc.shape()[0];
+                let width = images.len() * p;
+                let col = group_columns(xs, g, images, &mut bufs.scratch, &mut bufs.col);
+                bufs.out.resize(co * width, 0.0);
+                let mut out =
+                    ArrayViewMut2::from_shape((co, width), &mut bufs.out[..]).expect("group shape");
+                matmul(w, col, out.view_mut(), false, threads);
+                for (j, mut yi) in yc.outer_iter_mut().enumerate() {
+                    yi.assign(&out.slice(s![.., j * p..(j + 1) * p]));
+                    if let Some(b) = bias {
+                        for (mut row, bv) in yi.axis_iter_mut(Axis(0)).zip(b) {
+                            row += *bv;
+                        }
+                    }
+                }
+            };
+        if parallel_jobs(jobs.len()) {
+            jobs.into_par_iter()
+                .for_each_init(GroupBuffers::default, |bufs, job| {
+                    run(bufs, job, Threads::One)
+                });
+        } else {
+            let mut bufs = GroupBuffers::default();
+            for job in jobs {
+                run(&mut bufs, job, Threads::Pool);
+            }
+        }
+        y.into_shape_with_order((n, co, g.out_height, g.out_width))
+            .expect("output shape")
+    }
+
+    /// `∂W` partials (one per worker) and, when `want_dx`, `∂x` into `dx`, image by image in
+    /// bands of output rows.
+    fn backward_per_image(
+        &self,
+        grad: &Array3<f32>,
+        input: Option<&[f32]>,
+        g: &ConvGeometry,
+        mut dx: ArrayViewMut2<'_, f32>,
+        want_dx: bool,
+    ) -> Vec<Option<Array2<f32>>> {
+        let (n, co) = (grad.shape()[0], self.out_channels());
+        let (rows, cols) = (g.col_rows(), g.col_cols());
+        let w = self.weight_matrix();
+        let per_in = g.channels * g.height * g.width;
+        let band = tile_rows(g);
+        let tiles: Vec<Range<usize>> = (0..g.out_height)
+            .step_by(band.max(1))
+            .map(|r| r..(r + band).min(g.out_height))
+            .collect();
+        // One job per image: the tiles of an image overlap in ∂x, so they run in turn.
+        let mut dx_rows = dx.axis_iter_mut(Axis(0));
+        let jobs: Vec<_> = (0..n)
+            .map(|i| (i, if want_dx { dx_rows.next() } else { None }))
+            .collect();
+        let run = |state: &mut Partial,
+                   (i, dxi): (usize, Option<ndarray::ArrayViewMut1<'_, f32>>),
+                   threads| {
+            let gi = grad.index_axis(Axis(0), i);
+            let mut dxi = dxi.map(|d| d.into_slice().expect("contiguous row"));
+            for tile in &tiles {
+                let gt = gi.slice(s![.., tile.start * g.out_width..tile.end * g.out_width]);
+                if let Some(xs) = input {
+                    let xi = &xs[i * per_in..(i + 1) * per_in];
+                    let col = columns(xi, g, tile.clone(), &mut state.buf);
+                    let dw = state.dw.get_or_insert_with(|| Array2::zeros((co, rows)));
+                    matmul(gt, col.t(), dw.view_mut(), true, threads);
+                }
+                if let Some(dxi) = dxi.as_deref_mut() {
+                    let tc = gt.ncols();
+                    if g.is_identity() {
+                        let mut dxv =
+                            ArrayViewMut2::from_shape((rows, cols), dxi).expect("dx shape");
+                        let dxt =
+                            dxv.slice_mut(s![.., tile.start * g.out_width..tile.end * g.out_width]);
+                        matmul(w.t(), gt, dxt, false, threads);
+                    } else {
+                        state.buf.resize(rows * tc, 0.0);
+                        let dcol = ArrayViewMut2::from_shape((rows, tc), &mut state.buf[..])
+                            .expect("tile shape");
+                        matmul(w.t(), gt, dcol, false, threads);
+                        col2im_rows(&state.buf, g, tile.clone(), dxi);
+                    }
+                }
+            }
+        };
+        let new_state = || Partial {
+            buf: Vec::new(),
+            dw: None,
+        };
+        let partials: Vec<Partial> = if parallel_jobs(n) {
+            let per = n.div_ceil(rayon::current_num_threads());
+            jobs.into_par_iter()
+                .with_min_len(per)
+                .fold(new_state, |mut state, job| {
+                    run(&mut state, job, Threads::One);
+                    state
+                })
+                .collect()
+        } else {
+            let mut state = new_state();
+            for job in jobs {
+                run(&mut state, job, Threads::Pool);
+            }
+            vec![state]
+        };
+        partials.into_iter().map(|p| p.dw).collect()
+    }
+
+    /// As [`Self::backward_per_image`] for small outputs, `group` images per product:
+    /// `∂W += G·colᵀ` and `∂col = Wᵀ·G` with the gradients `G` `[C_out, group·OH·OW]` and the
+    /// columns of the group's images side by side.
+    fn backward_grouped(
+        &self,
+        grad: &Array3<f32>,
+        input: Option<&[f32]>,
+        g: &ConvGeometry,
+        mut dx: ArrayViewMut2<'_, f32>,
+        want_dx: bool,
+        group: usize,
+    ) -> Vec<Option<Array2<f32>>> {
+        let (n, co) = (grad.shape()[0], self.out_channels());
+        let (rows, p) = (g.col_rows(), g.col_cols());
+        let w = self.weight_matrix();
+        let mut dx_chunks = dx.axis_chunks_iter_mut(Axis(0), group);
+        let jobs: Vec<_> = (0..n)
+            .step_by(group)
+            .map(|first| {
+                let chunk = if want_dx { dx_chunks.next() } else { None };
+                (first..(first + group).min(n), chunk)
+            })
+            .collect();
+        let run = |state: &mut (GroupBuffers, Option<Array2<f32>>),
+                   (images, dxc): (Range<usize>, Option<ArrayViewMut2<'_, f32>>),
+                   threads| {
+            let (bufs, dw) = state;
+            let width = images.len() * p;
+            bufs.out.resize(co * width, 0.0);
+            let mut gb =
+                ArrayViewMut2::from_shape((co, width), &mut bufs.out[..]).expect("group shape");
+            for (j, i) in images.clone().enumerate() {
+                gb.slice_mut(s![.., j * p..(j + 1) * p])
+                    .assign(&grad.index_axis(Axis(0), i));
+            }
+            let gb = gb.view();
+            if let Some(xs) = input {
+                let col = group_columns(xs, g, images.clone(), &mut bufs.scratch, &mut bufs.col);
+                let dw = dw.get_or_insert_with(|| Array2::zeros((co, rows)));
+                matmul(gb, col.t(), dw.view_mut(), true, threads);
+            }
+            if let Some(mut dxc) = dxc {
+                bufs.col.resize(rows * width, 0.0);
+                let mut dcol = ArrayViewMut2::from_shape((rows, width), &mut bufs.col[..])
+                    .expect("group shape");
+                matmul(w.t(), gb, dcol.view_mut(), false, threads);
+                for (j, mut dxi) in dxc.outer_iter_mut().enumerate() {
+                    let block = dcol.slice(s![.., j * p..(j + 1) * p]);
+                    let dxi = dxi.as_slice_mut().expect("contiguous row");
+                    if g.is_identity() {
+                        ArrayViewMut2::from_shape((rows, p), dxi)
+                            .expect("dx shape")
+                            .assign(&block);
+                    } else {
+                        bufs.scratch.clear();
+                        bufs.scratch.extend(block.iter());
+                        col2im_rows(&bufs.scratch, g, 0..g.out_height, dxi);
+                    }
+                }
+            }
+        };
+        let new_state = || (GroupBuffers::default(), None);
+        let partials: Vec<(GroupBuffers, Option<Array2<f32>>)> = if parallel_jobs(jobs.len()) {
+            jobs.into_par_iter()
+                .fold(new_state, |mut state, job| {
+                    run(&mut state, job, Threads::One);
+                    state
+                })
+                .collect()
+        } else {
+            let mut state = new_state();
+            for job in jobs {
+                run(&mut state, job, Threads::Pool);
+            }
+            vec![state]
+        };
+        partials.into_iter().map(|(_, dw)| dw).collect()
     }
 
     /// Whether a convolution of `n` images with this layer's kernel, from `c_in` to `c_out`
@@ -342,6 +557,60 @@ fn tile_rows(g: &ConvGeometry) -> usize {
     oh.div_ceil(oh.div_ceil(rows))
 }
 
+/// Images whose columns go side by side into one product: 1 when an image has at least
+/// [`MIN_TILE_COLS`] output positions (`p`), otherwise enough images to reach that width, and
+/// then as many more as make the number of groups a multiple of the thread count (so that
+/// groups can run one per thread).
+fn images_per_group(n: usize, p: usize) -> usize {
+    if p >= MIN_TILE_COLS || n < 2 || p == 0 {
+        return 1;
+    }
+    let group = MIN_TILE_COLS.div_ceil(p).min(n);
+    let groups = n.div_ceil(group);
+    let threads = rayon::current_num_threads().max(1);
+    if groups > threads {
+        n.div_ceil(groups / threads * threads)
+    } else {
+        group
+    }
+}
+
+/// Scratch buffers of one worker of the grouped paths.
+#[derive(Default)]
+struct GroupBuffers {
+    /// One image's column matrix.
+    scratch: Vec<f32>,
+    /// The group's column matrix `[C·k·k, group·OH·OW]` (or, backward, its gradient).
+    col: Vec<f32>,
+    /// The group's output `[C_out, group·OH·OW]` (or, backward, the gathered gradient).
+    out: Vec<f32>,
+}
+
+/// The column matrices of `images`, side by side: `[C·k·k, images·OH·OW]` in `buf`.
+fn group_columns<'a>(
+    xs: &[f32],
+    g: &ConvGeometry,
+    images: Range<usize>,
+    scratch: &mut Vec<f32>,
+    buf: &'a mut Vec<f32>,
+) -> ArrayView2<'a, f32> {
+    let (k, p) = (g.col_rows(), g.col_cols());
+    let per_in = g.channels * g.height * g.width;
+    let width = images.len() * p;
+    buf.resize(k * width, 0.0);
+    let mut dst = ArrayViewMut2::from_shape((k, width), &mut buf[..]).expect("group shape");
+    for (j, i) in images.enumerate() {
+        let col = columns(
+            &xs[i * per_in..(i + 1) * per_in],
+            g,
+            0..g.out_height,
+            scratch,
+        );
+        dst.slice_mut(s![.., j * p..(j + 1) * p]).assign(&col);
+    }
+    ArrayView2::from_shape((k, width), &buf[..]).expect("group shape")
+}
+
 /// Whether `jobs` independent jobs should run in parallel (each product on one thread) rather
 /// than in turn (each product split across threads): when every thread gets the same number of
 /// jobs, or so many that the imbalance is small.
@@ -430,7 +699,6 @@ impl Layer for Conv2d {
             let db = grad.sum_axis(Axis(2)).sum_axis(Axis(0));
             b.accumulate_grad(db.into_dyn().view());
         }
-        let w = self.weight_matrix();
         let per_in = g.channels * g.height * g.width;
         let input = cache
             .input
@@ -441,68 +709,15 @@ impl Layer for Conv2d {
             && self.takes_winograd(n, (co, g.channels), (g.height, g.width));
         let want_dx = cache.input_grad && !winograd_dx;
         let mut dx = Array2::<f32>::zeros((if want_dx { n } else { 0 }, per_in));
-        let band = tile_rows(&g);
-        let tiles: Vec<Range<usize>> = (0..g.out_height)
-            .step_by(band.max(1))
-            .map(|r| r..(r + band).min(g.out_height))
-            .collect();
-        // One job per image: the tiles of an image overlap in ∂x, so they run in turn.
-        let mut dx_rows = dx.axis_iter_mut(Axis(0));
-        let jobs: Vec<_> = (0..n).map(|i| (i, dx_rows.next())).collect();
-        let run = |state: &mut Partial,
-                   (i, dxi): (usize, Option<ndarray::ArrayViewMut1<'_, f32>>),
-                   threads| {
-            let gi = grad.index_axis(Axis(0), i);
-            let mut dxi = dxi.map(|d| d.into_slice().expect("contiguous row"));
-            for tile in &tiles {
-                let gt = gi.slice(s![.., tile.start * g.out_width..tile.end * g.out_width]);
-                if let Some(xs) = input {
-                    let xi = &xs[i * per_in..(i + 1) * per_in];
-                    let col = columns(xi, &g, tile.clone(), &mut state.buf);
-                    let dw = state.dw.get_or_insert_with(|| Array2::zeros((co, rows)));
-                    matmul(gt, col.t(), dw.view_mut(), true, threads);
-                }
-                if let Some(dxi) = dxi.as_deref_mut() {
-                    let tc = gt.ncols();
-                    if g.is_identity() {
-                        let mut dxv =
-                            ArrayViewMut2::from_shape((rows, cols), dxi).expect("dx shape");
-                        let dxt =
-                            dxv.slice_mut(s![.., tile.start * g.out_width..tile.end * g.out_width]);
-                        matmul(w.t(), gt, dxt, false, threads);
-                    } else {
-                        state.buf.resize(rows * tc, 0.0);
-                        let dcol = ArrayViewMut2::from_shape((rows, tc), &mut state.buf[..])
-                            .expect("tile shape");
-                        matmul(w.t(), gt, dcol, false, threads);
-                        col2im_rows(&state.buf, &g, tile.clone(), dxi);
-                    }
-                }
-            }
-        };
-        let new_state = || Partial {
-            buf: Vec::new(),
-            dw: None,
-        };
-        let partials: Vec<Partial> = if parallel_jobs(n) {
-            let per = n.div_ceil(rayon::current_num_threads());
-            jobs.into_par_iter()
-                .with_min_len(per)
-                .fold(new_state, |mut state, job| {
-                    run(&mut state, job, Threads::One);
-                    state
-                })
-                .collect()
+        let group = images_per_group(n, cols);
+        let partials = if group > 1 {
+            self.backward_grouped(&grad, input, &g, dx.view_mut(), want_dx, group)
         } else {
-            let mut state = new_state();
-            for job in jobs {
-                run(&mut state, job, Threads::Pool);
-            }
-            vec![state]
+            self.backward_per_image(&grad, input, &g, dx.view_mut(), want_dx)
         };
         if self.weight.trainable() {
             let mut total: Option<Array2<f32>> = None;
-            for dw in partials.into_iter().filter_map(|p| p.dw) {
+            for dw in partials.into_iter().flatten() {
                 match &mut total {
                     Some(t) => *t += &dw,
                     None => total = Some(dw),
@@ -622,76 +837,104 @@ mod tests {
     #[test]
     fn tiled_and_parallel_paths_match_a_direct_convolution() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        for (n, c, side, k, s, p) in [
+        for case @ (n, c, side, k, s, p) in [
             (2, 64, 40, 3, 1, 1),
             (1, 64, 40, 3, 1, 1),
             (3, 64, 90, 3, 2, 1),
             (2, 1024, 32, 1, 1, 0),
         ] {
-            let mut conv = Conv2d::new(c, 3, k, s, p, true, &mut rng);
-            let g = conv.geometry(&[n, c, side, side]);
+            let g = ConvGeometry::new(c, side, side, k, s, p);
             assert!(tile_rows(&g) < g.out_height, "several tiles per image");
-            let x = uniform(&mut rng, &[n, c, side, side], 1.0)
-                .into_dimensionality::<Ix4>()
-                .expect("4-D");
-            let gy = uniform(&mut rng, &[n, 3, g.out_height, g.out_width], 1.0)
-                .into_dimensionality::<Ix4>()
-                .expect("4-D");
-            let mut ctx = Context::train(&mut rng);
-            ctx.input_grad = true;
-            let y = conv.forward(x.clone().into_dyn(), &mut ctx);
-            let dx = conv
-                .backward(gy.clone().into_dyn())
-                .expect("input gradient");
-            let w = conv
-                .weight
-                .value()
-                .to_owned()
-                .into_dimensionality::<Ix4>()
-                .expect("4-D");
-            let (ry, rdx, rdw, rdb) = direct(&x, &w, &gy, s, p);
-            let bias: Vec<f64> = conv
-                .bias
+            assert_eq!(images_per_group(n, g.col_cols()), 1);
+            assert_matches_direct(&mut rng, case);
+        }
+    }
+
+    /// Small outputs: several images' columns in one product (uneven last group, 1×1 kernels
+    /// read straight from the input, strided and padded kernels).
+    #[test]
+    fn grouped_images_match_a_direct_convolution() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for case @ (n, c, side, k, s, p) in [
+            (7, 16, 7, 3, 1, 1),
+            (5, 32, 6, 1, 1, 0),
+            (9, 8, 9, 3, 2, 1),
+            (4, 8, 4, 1, 2, 0),
+        ] {
+            let g = ConvGeometry::new(c, side, side, k, s, p);
+            assert!(images_per_group(n, g.col_cols()) > 1, "grouped: {case:?}");
+            assert_matches_direct(&mut rng, case);
+        }
+    }
+
+    /// Forward, `∂x`, `∂W` and `∂b` of a random layer (3 output channels) on `n` random images
+    /// against [`direct`].
+    fn assert_matches_direct(
+        rng: &mut rand_chacha::ChaCha8Rng,
+        (n, c, side, k, s, p): (usize, usize, usize, usize, usize, usize),
+    ) {
+        let mut conv = Conv2d::new(c, 3, k, s, p, true, rng);
+        let g = conv.geometry(&[n, c, side, side]);
+        let x = uniform(rng, &[n, c, side, side], 1.0)
+            .into_dimensionality::<Ix4>()
+            .expect("4-D");
+        let gy = uniform(rng, &[n, 3, g.out_height, g.out_width], 1.0)
+            .into_dimensionality::<Ix4>()
+            .expect("4-D");
+        let mut ctx = Context::train(rng);
+        ctx.input_grad = true;
+        let y = conv.forward(x.clone().into_dyn(), &mut ctx);
+        let dx = conv
+            .backward(gy.clone().into_dyn())
+            .expect("input gradient");
+        let w = conv
+            .weight
+            .value()
+            .to_owned()
+            .into_dimensionality::<Ix4>()
+            .expect("4-D");
+        let (ry, rdx, rdw, rdb) = direct(&x, &w, &gy, s, p);
+        let bias: Vec<f64> = conv
+            .bias
+            .as_ref()
+            .expect("bias")
+            .value()
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let per = g.col_cols();
+        close(
+            "y",
+            y.as_slice().expect("contiguous"),
+            ry.iter().enumerate().map(|(i, v)| v + bias[(i / per) % 3]),
+        );
+        close(
+            "dx",
+            dx.as_slice().expect("contiguous"),
+            rdx.iter().copied(),
+        );
+        close(
+            "dW",
+            conv.weight
+                .grad
+                .as_ref()
+                .expect("dW")
+                .as_slice()
+                .expect("contiguous"),
+            rdw.iter().copied(),
+        );
+        close(
+            "db",
+            conv.bias
                 .as_ref()
                 .expect("bias")
-                .value()
-                .iter()
-                .map(|&v| v as f64)
-                .collect();
-            let per = g.col_cols();
-            close(
-                "y",
-                y.as_slice().expect("contiguous"),
-                ry.iter().enumerate().map(|(i, v)| v + bias[(i / per) % 3]),
-            );
-            close(
-                "dx",
-                dx.as_slice().expect("contiguous"),
-                rdx.iter().copied(),
-            );
-            close(
-                "dW",
-                conv.weight
-                    .grad
-                    .as_ref()
-                    .expect("dW")
-                    .as_slice()
-                    .expect("contiguous"),
-                rdw.iter().copied(),
-            );
-            close(
-                "db",
-                conv.bias
-                    .as_ref()
-                    .expect("bias")
-                    .grad
-                    .as_ref()
-                    .expect("db")
-                    .as_slice()
-                    .expect("contiguous"),
-                rdb.iter().copied(),
-            );
-        }
+                .grad
+                .as_ref()
+                .expect("db")
+                .as_slice()
+                .expect("contiguous"),
+            rdb.iter().copied(),
+        );
     }
 
     /// A layer large enough to take Winograd forward and for `∂x` (unless `TL_CONV=im2col`),
