@@ -169,6 +169,17 @@ def make_onnx(directory: str, model: str, weights: str) -> str:
     return path
 
 
+def list_images(directory: str) -> List[str]:
+    """The image files under `directory` (any depth), sorted, as tl lists them."""
+    exts = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+    return sorted(
+        os.path.join(root, f)
+        for root, _, names in os.walk(directory)
+        for f in names
+        if f.lower().endswith(exts)
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Running a child and measuring it
 
@@ -382,13 +393,7 @@ def torch_features(argv: List[str]) -> None:
         transforms.ToTensor(),
         transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
     ])
-    exts = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-    files = sorted(
-        os.path.join(root, f)
-        for root, _, names in os.walk(a.images)
-        for f in names
-        if f.lower().endswith(exts)
-    )
+    files = list_images(a.images)
 
     class Files(torch.utils.data.Dataset):
         def __len__(self):
@@ -470,13 +475,7 @@ def ort_features(argv: List[str]) -> None:
         x = np.asarray(im, dtype=np.uint8).astype(np.float32).transpose(2, 0, 1) / np.float32(255)
         return (x - mean) / std
 
-    exts = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-    files = sorted(
-        os.path.join(root, f)
-        for root, _, names in os.walk(a.images)
-        for f in names
-        if f.lower().endswith(exts)
-    )
+    files = list_images(a.images)
     rows = []
     for i in range(0, len(files), a.batch_size):
         x = np.ascontiguousarray(np.stack([preprocess(f) for f in files[i:i + a.batch_size]]))

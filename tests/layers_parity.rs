@@ -348,6 +348,26 @@ fn mse_matches_pytorch_in_both_reductions() {
 }
 
 /// The same values in Fortran (column-major) memory order.
+/// Runs `layer` on the fixture's `x` and `gy` of case `prefix`, both in Fortran order, and
+/// checks `y` and `∂x` against the fixture.
+fn forward_backward_in_fortran_order(
+    fx: &Fixture,
+    prefix: &str,
+    layer: &mut dyn Layer,
+    ctx: &mut Context<'_>,
+) {
+    let y = layer.forward(fortran(fx.f32(&format!("{prefix}/x"))), ctx);
+    assert_close(prefix, y.view(), fx.f32(&format!("{prefix}/y")).view());
+    let dx = layer
+        .backward(fortran(fx.f32(&format!("{prefix}/gy"))))
+        .expect("input gradient");
+    assert_close(
+        prefix,
+        dx.view(),
+        fx.f32(&format!("{prefix}/grad.x")).view(),
+    );
+}
+
 fn fortran(x: ArrayD<f32>) -> ArrayD<f32> {
     let f = x.t().as_standard_layout().into_owned().reversed_axes();
     assert!(!f.is_standard_layout() && f == x);
@@ -362,16 +382,7 @@ fn layers_accept_inputs_and_gradients_in_any_memory_order() {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut ctx = Context::train(&mut rng);
     ctx.input_grad = true;
-    let y = conv.forward(fortran(fx.f32(&format!("{prefix}/x"))), &mut ctx);
-    assert_close(prefix, y.view(), fx.f32(&format!("{prefix}/y")).view());
-    let dx = conv
-        .backward(fortran(fx.f32(&format!("{prefix}/gy"))))
-        .expect("input gradient");
-    assert_close(
-        prefix,
-        dx.view(),
-        fx.f32(&format!("{prefix}/grad.x")).view(),
-    );
+    forward_backward_in_fortran_order(&fx, prefix, &mut conv, &mut ctx);
     check_grad(&fx, prefix, "weight", conv.weight.grad.as_ref());
 
     let prefix = "batch_norm/2d_eval";
@@ -387,16 +398,7 @@ fn layers_accept_inputs_and_gradients_in_any_memory_order() {
     let mut ctx = Context::eval(&mut rng);
     ctx.grad_enabled = true;
     ctx.input_grad = true;
-    let y = bn.forward(fortran(fx.f32(&format!("{prefix}/x"))), &mut ctx);
-    assert_close(prefix, y.view(), fx.f32(&format!("{prefix}/y")).view());
-    let dx = bn
-        .backward(fortran(fx.f32(&format!("{prefix}/gy"))))
-        .expect("input gradient");
-    assert_close(
-        prefix,
-        dx.view(),
-        fx.f32(&format!("{prefix}/grad.x")).view(),
-    );
+    forward_backward_in_fortran_order(&fx, prefix, &mut bn, &mut ctx);
 
     let x = fx.f32(&format!("{prefix}/x"));
     let mut flatten = tl::nn::Flatten::new();

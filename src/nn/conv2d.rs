@@ -175,26 +175,17 @@ impl Conv2d {
                 rest = tail;
             }
         }
-        let run = |buf: &mut Vec<f32>,
-                   (i, rows, mut yt): (usize, Range<usize>, ArrayViewMut2<'_, f32>),
-                   threads| {
-            let col = columns(&xs[i * per_in..(i + 1) * per_in], g, rows, buf);
-            matmul(w, col, yt.view_mut(), false, threads);
-            if let Some(b) = bias {
-                for (mut row, bv) in yt.axis_iter_mut(Axis(0)).zip(b) {
-                    row += *bv;
-                }
-            }
-        };
-        if parallel_jobs(jobs.len()) {
-            jobs.into_par_iter()
-                .for_each_init(Vec::new, |buf, job| run(buf, job, Threads::One));
-        } else {
-            let mut buf = Vec::new();
-            for job in jobs {
-                run(&mut buf, job, Threads::Pool);
-            }
-        }
+        run_jobs(
+            jobs,
+            1,
+            |buf: &mut Vec<f32>,
+             (i, rows, mut yt): (usize, Range<usize>, ArrayViewMut2<'_, f32>),
+             threads| {
+                let col = columns(&xs[i * per_in..(i + 1) * per_in], g, rows, buf);
+                matmul(w, col, yt.view_mut(), false, threads);
+                add_bias(yt, bias);
+            },
+        );
         y.into_shape_with_order((n, co, g.out_height, g.out_width))
             .expect("output shape")
     }
@@ -218,7 +209,9 @@ impl Conv2d {
             .enumerate()
             .map(|(j, chunk)| (j * group, chunk))
             .collect();
-        let run =
+        run_jobs(
+            jobs,
+            1,
             |bufs: &mut GroupBuffers, (first, mut yc): (usize, ArrayViewMut3<'_, f32>), threads| {
                 let images = first..first + yc.shape()[0];
                 let width = images.len() * p;
@@ -229,24 +222,10 @@ impl Conv2d {
                 matmul(w, col, out.view_mut(), false, threads);
                 for (j, mut yi) in yc.outer_iter_mut().enumerate() {
                     yi.assign(&out.slice(s![.., j * p..(j + 1) * p]));
-                    if let Some(b) = bias {
-                        for (mut row, bv) in yi.axis_iter_mut(Axis(0)).zip(b) {
-                            row += *bv;
-                        }
-                    }
+                    add_bias(yi, bias);
                 }
-            };
-        if parallel_jobs(jobs.len()) {
-            jobs.into_par_iter()
-                .for_each_init(GroupBuffers::default, |bufs, job| {
-                    run(bufs, job, Threads::One)
-                });
-        } else {
-            let mut bufs = GroupBuffers::default();
-            for job in jobs {
-                run(&mut bufs, job, Threads::Pool);
-            }
-        }
+            },
+        );
         y.into_shape_with_order((n, co, g.out_height, g.out_width))
             .expect("output shape")
     }
@@ -306,27 +285,12 @@ impl Conv2d {
                 }
             }
         };
-        let new_state = || Partial {
-            buf: Vec::new(),
-            dw: None,
-        };
-        let partials: Vec<Partial> = if parallel_jobs(n) {
-            let per = n.div_ceil(rayon::current_num_threads());
-            jobs.into_par_iter()
-                .with_min_len(per)
-                .fold(new_state, |mut state, job| {
-                    run(&mut state, job, Threads::One);
-                    state
-                })
-                .collect()
-        } else {
-            let mut state = new_state();
-            for job in jobs {
-                run(&mut state, job, Threads::Pool);
-            }
-            vec![state]
-        };
-        partials.into_iter().map(|p| p.dw).collect()
+        // Few, large chunks: every chunk keeps a partial `∂W`.
+        let per = n.div_ceil(rayon::current_num_threads());
+        run_jobs(jobs, per, run)
+            .into_iter()
+            .map(|p: Partial| p.dw)
+            .collect()
     }
 
     /// As [`Self::backward_per_image`] for small outputs, `group` images per product:
@@ -390,22 +354,10 @@ impl Conv2d {
                 }
             }
         };
-        let new_state = || (GroupBuffers::default(), None);
-        let partials: Vec<(GroupBuffers, Option<Array2<f32>>)> = if parallel_jobs(jobs.len()) {
-            jobs.into_par_iter()
-                .fold(new_state, |mut state, job| {
-                    run(&mut state, job, Threads::One);
-                    state
-                })
-                .collect()
-        } else {
-            let mut state = new_state();
-            for job in jobs {
-                run(&mut state, job, Threads::Pool);
-            }
-            vec![state]
-        };
-        partials.into_iter().map(|(_, dw)| dw).collect()
+        run_jobs(jobs, 1, run)
+            .into_iter()
+            .map(|(_, dw): (GroupBuffers, _)| dw)
+            .collect()
     }
 
     /// Whether a convolution of `n` images with this layer's kernel, from `c_in` to `c_out`
@@ -641,9 +593,44 @@ fn columns<'a>(
 }
 
 /// Per-worker state of the backward pass: a column buffer and a partial `∂W`.
+#[derive(Default)]
 struct Partial {
     buf: Vec<f32>,
     dw: Option<Array2<f32>>,
+}
+
+/// Runs `jobs`, each as `run(state, job, threads)`: in parallel ([`parallel_jobs`]), in chunks
+/// of at least `min_len` jobs, each worker with its own state and each product on one thread;
+/// otherwise in turn on one state, each product split across the pool. Returns the states.
+fn run_jobs<J: Send, S: Default + Send>(
+    jobs: Vec<J>,
+    min_len: usize,
+    run: impl Fn(&mut S, J, Threads) + Sync,
+) -> Vec<S> {
+    if parallel_jobs(jobs.len()) {
+        jobs.into_par_iter()
+            .with_min_len(min_len.max(1))
+            .fold(S::default, |mut state, job| {
+                run(&mut state, job, Threads::One);
+                state
+            })
+            .collect()
+    } else {
+        let mut state = S::default();
+        for job in jobs {
+            run(&mut state, job, Threads::Pool);
+        }
+        vec![state]
+    }
+}
+
+/// Adds `bias[c]` to row `c` of `y` (`[C_out, positions]`).
+fn add_bias(mut y: ArrayViewMut2<'_, f32>, bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        for (mut row, bv) in y.axis_iter_mut(Axis(0)).zip(b) {
+            row += *bv;
+        }
+    }
 }
 
 impl Layer for Conv2d {
