@@ -1,12 +1,13 @@
 //! Batched inference over image files: decoding and preprocessing run on a background thread (in
 //! parallel across a batch) one batch ahead of the compute.
 //!
-//! Within a batch, the convolutional trunk (the leading layers whose outputs are `[N, C, H, W]`
-//! maps) runs on micro-batches of as many images as there are threads, and the layers after it
-//! (flatten, the fully connected layers) on the whole batch at once. Rows are independent in
-//! eval mode, so the result is the same as one pass over the batch; the peak memory is that of a
-//! micro-batch's activations and im2col buffers, and VGG16's large fc6/fc7 weights are still
-//! read once per batch.
+//! Within a batch, the leading layers on large maps (inputs of at least [`MICRO_POSITIONS`]
+//! positions per channel) run on micro-batches of as many images as there are threads, and the
+//! layers after them (small maps, flatten, the fully connected layers) on the whole batch at once.
+//! Rows are independent in eval mode, so the result is the same as one pass over the batch; the
+//! peak memory is that of a micro-batch's large activations and im2col buffers, while the small
+//! maps' convolutions still run wide (their products and Winograd blocks need many images to
+//! fill), and VGG16's large fc6/fc7 weights are read once per batch.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -71,8 +72,13 @@ pub fn run_stage(
     Ok(ndarray::concatenate(Axis(0), &views).expect("rows of one width"))
 }
 
-/// Where a forward pass up to a stage splits: layers `0..split` (the leading ones whose outputs
-/// are `[N, C, H, W]`) run per micro-batch, layers `split..end` on the whole batch.
+/// A layer whose input has at least this many positions per channel (32×32) runs per
+/// micro-batch when it leads the network.
+pub const MICRO_POSITIONS: usize = 32 * 32;
+
+/// Where a forward pass up to a stage splits: layers `0..split` (the leading ones whose inputs
+/// are `[N, C, H, W]` maps of at least [`MICRO_POSITIONS`] positions) run per micro-batch, layers
+/// `split..end` on the whole batch.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
     split: usize,
@@ -95,14 +101,15 @@ impl Plan {
         };
         let mut plan = Plan { split: 0, end: 0 };
         let mut out = vec![1, shape[1], shape[2], shape[3]];
-        let mut spatial = true;
+        let mut leading = true;
         for (i, (name, layer)) in model.net().layers().enumerate() {
             if stage_of(name) == Some(stage) {
                 plan.end = i + 1;
             }
+            leading &= out.len() == 4 && out[2] * out[3] >= MICRO_POSITIONS;
             out = layer.output_shape(&out);
-            spatial &= out.len() == 4;
-            if spatial {
+            leading &= out.len() == 4;
+            if leading {
                 plan.split = i + 1;
             }
         }
@@ -192,6 +199,8 @@ mod tests {
                 plan.split > 0 && plan.split <= plan.end,
                 "{stage}: {plan:?}"
             );
+            // 48×48 input: only the stem conv sees a map of 32×32 or more.
+            assert_eq!(plan.split, 1, "{stage}: {plan:?}");
             let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(0);
             let want = model.forward_to(x.clone(), stage, &mut Context::eval(&mut r));
             for micro in [1, 2, 3, 5, 8] {

@@ -32,8 +32,13 @@ impl Layer for MaxPool2d {
         let x = x
             .into_dimensionality::<Ix4>()
             .expect("MaxPool2d expects [N, C, H, W]");
+        if !ctx.tracks(false) {
+            self.cache = None;
+            return pool::max_pool2d_values(x.view(), self.kernel, self.stride, self.padding)
+                .into_dyn();
+        }
         let (y, arg) = pool::max_pool2d(x.view(), self.kernel, self.stride, self.padding);
-        self.cache = ctx.tracks(false).then(|| (arg, x.shape().to_vec()));
+        self.cache = Some((arg, x.shape().to_vec()));
         y.into_dyn()
     }
 

@@ -84,6 +84,70 @@ pub fn max_pool2d(
     (out, arg)
 }
 
+/// `a` or `b`, whichever is larger, and NaN when either is (as PyTorch's max pooling).
+#[inline]
+fn max_nan(a: f32, b: f32) -> f32 {
+    if a >= b || a.is_nan() {
+        a
+    } else {
+        b
+    }
+}
+
+/// Max pooling forward without the argmax (inference: nothing will flow back), the same values
+/// as [`max_pool2d`]. Separable: the max over each row's horizontal windows, then over the
+/// vertical windows of those rows, so a `k×k` window costs `2k` comparisons rather than `k²`.
+///
+/// # Panics
+/// Panics if the padded input is smaller than the kernel or `padding > kernel / 2`.
+pub fn max_pool2d_values(
+    x: ArrayView4<'_, f32>,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Array4<f32> {
+    assert!(
+        padding * 2 <= kernel,
+        "max pool: padding must be at most half the kernel"
+    );
+    let (n, c, h, w) = planes(x.shape());
+    let (oh, ow) = (
+        output_size(h, kernel, stride, padding),
+        output_size(w, kernel, stride, padding),
+    );
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let cols: Vec<(usize, usize)> = (0..ow)
+        .map(|o| window(o, kernel, stride, padding, w))
+        .collect();
+    let mut out = Array4::<f32>::zeros((n, c, oh, ow));
+    out.as_slice_mut()
+        .expect("fresh array")
+        .par_chunks_mut((oh * ow).max(1))
+        .enumerate()
+        .for_each_init(Vec::new, |rows, (plane, o)| {
+            let src = &xs[plane * h * w..(plane + 1) * h * w];
+            rows.clear();
+            for line in src.chunks_exact(w) {
+                rows.extend(cols.iter().map(|&(x0, x1)| {
+                    line[x0..x1]
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |m, &v| max_nan(m, v))
+                }));
+            }
+            for (oy, dst) in o.chunks_exact_mut(ow).enumerate() {
+                let (y0, y1) = window(oy, kernel, stride, padding, h);
+                dst.copy_from_slice(&rows[y0 * ow..(y0 + 1) * ow]);
+                for row in rows[(y0 + 1) * ow..y1 * ow].chunks_exact(ow) {
+                    for (d, &v) in dst.iter_mut().zip(row) {
+                        *d = max_nan(*d, v);
+                    }
+                }
+            }
+        });
+    out
+}
+
 /// Max pooling backward: scatters `grad` to the argmax positions of an input of `input_shape`.
 pub fn max_pool2d_backward(
     grad: ArrayView4<'_, f32>,
@@ -251,4 +315,38 @@ pub fn adaptive_avg_pool2d_backward(
             }
         });
     dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn max_values_without_argmax_equal_the_argmax_path() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        // (n, c, h, w, kernel, stride, padding): ResNet's stem pool, VGG's, odd sides, k = 1.
+        for (n, c, h, w, k, s, p) in [
+            (2, 3, 112, 112, 3, 2, 1),
+            (1, 2, 9, 7, 3, 2, 1),
+            (2, 2, 8, 8, 2, 2, 0),
+            (1, 1, 7, 5, 3, 1, 1),
+            (1, 2, 6, 6, 1, 1, 0),
+            (1, 1, 5, 9, 4, 3, 2),
+        ] {
+            let mut x =
+                Array4::from_shape_simple_fn((n, c, h, w), || rng.random_range(-2.0f32..2.0));
+            // Ties and a NaN, which must win its windows.
+            x[[0, 0, 1, 1]] = x[[0, 0, 1, 2]];
+            x[[0, c - 1, h / 2, w / 2]] = f32::NAN;
+            let (want, _) = max_pool2d(x.view(), k, s, p);
+            let got = max_pool2d_values(x.view(), k, s, p);
+            assert_eq!(got.shape(), want.shape());
+            let nans = want.iter().filter(|v| v.is_nan()).count();
+            assert!(nans >= 1, "the NaN reaches the output");
+            for (g, e) in got.iter().zip(want.iter()) {
+                assert!(g == e || (g.is_nan() && e.is_nan()), "{g} vs {e}");
+            }
+        }
+    }
 }
