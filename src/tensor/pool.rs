@@ -24,6 +24,20 @@ fn window(o: usize, k: usize, s: usize, p: usize, n: usize) -> (usize, usize) {
     (start.max(0) as usize, end.max(0) as usize)
 }
 
+/// `[N, C, H, W, OH, OW]` of a max pool over an input of `shape`.
+///
+/// # Panics
+/// Panics if `padding > kernel / 2`.
+fn max_pool_shape(shape: &[usize], kernel: usize, stride: usize, padding: usize) -> [usize; 6] {
+    assert!(
+        padding * 2 <= kernel,
+        "max pool: padding must be at most half the kernel"
+    );
+    let (n, c, h, w) = planes(shape);
+    let o = |side| output_size(side, kernel, stride, padding);
+    [n, c, h, w, o(h), o(w)]
+}
+
 /// Max pooling forward: returns the output and the argmax of every output cell.
 ///
 /// # Panics
@@ -34,15 +48,7 @@ pub fn max_pool2d(
     stride: usize,
     padding: usize,
 ) -> (Array4<f32>, Array4<u32>) {
-    assert!(
-        padding * 2 <= kernel,
-        "max pool: padding must be at most half the kernel"
-    );
-    let (n, c, h, w) = planes(x.shape());
-    let (oh, ow) = (
-        output_size(h, kernel, stride, padding),
-        output_size(w, kernel, stride, padding),
-    );
+    let [n, c, h, w, oh, ow] = max_pool_shape(x.shape(), kernel, stride, padding);
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let mut out = Array4::<f32>::zeros((n, c, oh, ow));
@@ -106,15 +112,7 @@ pub fn max_pool2d_values(
     stride: usize,
     padding: usize,
 ) -> Array4<f32> {
-    assert!(
-        padding * 2 <= kernel,
-        "max pool: padding must be at most half the kernel"
-    );
-    let (n, c, h, w) = planes(x.shape());
-    let (oh, ow) = (
-        output_size(h, kernel, stride, padding),
-        output_size(w, kernel, stride, padding),
-    );
+    let [n, c, h, w, oh, ow] = max_pool_shape(x.shape(), kernel, stride, padding);
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let cols: Vec<(usize, usize)> = (0..ow)
