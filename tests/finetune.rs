@@ -139,6 +139,50 @@ fn write_pngs(dir: &Path, class: &str, n: usize, seed: u64) {
     }
 }
 
+/// The `time: T s (decoding D s, ..., N epochs E s, checkpoints C s)` line of `tl finetune`'s
+/// stderr: the total and the listed parts as (label, seconds). Checks that the parts add up to at
+/// most the total (each figure is rounded to 0.1 s, so allowing 0.05 s per figure).
+fn time_line(err: &str) -> (f32, Vec<(String, f32)>) {
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("time: ")).collect();
+    assert_eq!(lines.len(), 1, "one time line: {err}");
+    let (total, parts) = lines[0]["time: ".len()..]
+        .split_once(" s (")
+        .unwrap_or_else(|| panic!("{}", lines[0]));
+    let total: f32 = total.parse().unwrap();
+    let parts: Vec<(String, f32)> = parts
+        .strip_suffix(')')
+        .unwrap()
+        .split(", ")
+        .map(|p| {
+            let (label, v) = p.strip_suffix(" s").unwrap().rsplit_once(' ').unwrap();
+            (label.to_string(), v.parse().unwrap())
+        })
+        .collect();
+    let sum: f32 = parts.iter().map(|(_, v)| v).sum();
+    assert!(parts.iter().all(|(_, v)| *v >= 0.0), "{}", lines[0]);
+    assert!(
+        sum <= total + 0.05 * (parts.len() + 1) as f32 + 1e-4,
+        "parts {sum} > total {total}: {}",
+        lines[0]
+    );
+    (total, parts)
+}
+
+/// The labels of a time line's parts.
+fn labels(parts: &[(String, f32)]) -> Vec<&str> {
+    parts.iter().map(|(l, _)| l.as_str()).collect()
+}
+
+/// The seconds column of a metrics CSV, summed.
+fn csv_seconds(path: &Path) -> f32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(5).unwrap().parse::<f32>().unwrap())
+        .sum()
+}
+
 const FAST: [&str; 10] = [
     "--model",
     "resnet18",
@@ -187,6 +231,12 @@ fn bad_files_are_skipped_and_reported_and_eval_agrees() {
         "{err}"
     );
     assert!(err.contains("skipped 2 unreadable file(s)"), "{err}");
+    let (_, parts) = time_line(&err);
+    assert_eq!(
+        labels(&parts),
+        ["decoding", "2 epochs", "checkpoints"],
+        "{err}"
+    );
     assert!(
         ckpt.is_file()
             && dir.join("m.metrics.csv").is_file()
@@ -374,6 +424,33 @@ fn frozen_feature_cache_trains_as_recomputing_does() {
             "{err}"
         );
         assert_eq!(err.contains("[cached features]"), extra.is_none(), "{err}");
+        let (total, parts) = time_line(&err);
+        if extra.is_none() {
+            assert_eq!(
+                labels(&parts),
+                [
+                    "decoding",
+                    "frozen-feature cache",
+                    "2 epochs",
+                    "checkpoints"
+                ],
+                "{err}"
+            );
+        } else {
+            assert_eq!(
+                labels(&parts),
+                ["decoding", "2 epochs", "checkpoints"],
+                "{err}"
+            );
+        }
+        assert!(total > 0.0, "{err}");
+        // The epochs part is the metrics CSV's seconds (rounded to 0.001 there, 0.1 here).
+        let epochs = parts.iter().find(|(l, _)| l == "2 epochs").unwrap().1;
+        let csv_sum = csv_seconds(&dir.join(format!("{name}.metrics.csv")));
+        assert!(
+            (epochs - csv_sum).abs() <= 0.06,
+            "{epochs} vs CSV {csv_sum}: {err}"
+        );
         let csv = std::fs::read_to_string(dir.join(format!("{name}.metrics.csv"))).unwrap();
         let rows: Vec<Vec<f32>> = csv
             .lines()
@@ -395,5 +472,56 @@ fn frozen_feature_cache_trains_as_recomputing_does() {
             "cached {a} vs recomputed {b}"
         );
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn output_into_a_new_nested_directory() {
+    let dir = tmpdir("finetune-nested");
+    let data = dir.join("data");
+    write_pngs(&data, "a", 4, 0);
+    write_pngs(&data, "b", 4, 1);
+    let out_dir = dir.join("runs").join("deep").join("er");
+    assert!(!dir.join("runs").exists());
+    let ckpt = out_dir.join("m.safetensors");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let mut args = vec![
+        "finetune".to_string(),
+        s(&data),
+        "-o".into(),
+        s(&ckpt),
+        "--freeze-until".into(),
+        "conv5".into(),
+    ];
+    args.extend(FAST.iter().map(|a| a.to_string()));
+    let out = tl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    for f in ["m.safetensors", "m.last.safetensors", "m.metrics.csv"] {
+        assert!(out_dir.join(f).is_file(), "{f} missing: {err}");
+    }
+    let f = WeightFile::open(&ckpt).unwrap();
+    assert_eq!(
+        Model::from_checkpoint(&f).unwrap().classes(),
+        ["a".to_string(), "b".to_string()]
+    );
+    // Augmentation is on: no cache part.
+    let (_, parts) = time_line(&err);
+    assert_eq!(
+        labels(&parts),
+        ["decoding", "2 epochs", "checkpoints"],
+        "{err}"
+    );
+    let csv = std::fs::read_to_string(out_dir.join("m.metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+
+    // A directory that cannot be created (a file is in the way) is an error naming it, before
+    // any training.
+    let blocker = dir.join("blocker");
+    std::fs::write(&blocker, "a file").unwrap();
+    args[3] = s(&blocker.join("sub").join("m.safetensors"));
+    let out = tl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    fails_naming(&out, &["-o", &s(&blocker.join("sub"))]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("epoch "));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rand::SeedableRng;
 
@@ -56,6 +57,35 @@ pub struct FinetuneReport {
     pub classes: Vec<String>,
     pub skipped: Vec<(PathBuf, String)>,
     pub files: RunFiles,
+    /// Where the call's wall time went.
+    pub timings: Timings,
+}
+
+/// Wall-clock seconds of the parts of a [`finetune`] call.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Timings {
+    /// The whole call: also scanning the folder and attaching the head, which are not listed
+    /// separately, so at least the sum of the parts below.
+    pub total: f32,
+    /// Decoding the training and validation images (once, before the first epoch).
+    pub decode: f32,
+    /// Running the frozen prefix over every image for the frozen-feature cache (0 without one).
+    pub cache: f32,
+    /// Everything in [`fit`]: the epochs, writing checkpoints and metrics after each, restoring
+    /// the best weights at the end.
+    pub fit: f32,
+    /// The epochs this call trained (resumed ones not counted).
+    pub epochs: usize,
+    /// Their seconds (training and validation, as in the metrics CSV), a part of `fit`.
+    pub epoch_seconds: f32,
+}
+
+impl Timings {
+    /// Seconds in [`fit`] outside the epochs: writing checkpoints, the optimizer state and the
+    /// metrics, restoring the best weights.
+    pub fn checkpoints(&self) -> f32 {
+        (self.fit - self.epoch_seconds).max(0.0)
+    }
 }
 
 fn check(opts: &FinetuneOptions) -> Result<()> {
@@ -128,6 +158,7 @@ pub fn finetune(
     resume: Option<Resume>,
     observer: &mut dyn FinetuneObserver,
 ) -> Result<FinetuneReport> {
+    let started = Instant::now();
     check(opts)?;
     let dataset = scan(&opts.data_dir, opts.config.val_split, opts.config.seed)?;
     let keeps_head = model.head_spec().is_some() && model.classes() == dataset.classes.as_slice();
@@ -161,8 +192,10 @@ pub fn finetune(
     model.freeze_until(&opts.freeze_until)?;
     model.set_input_size(opts.config.image_size);
     let pre = Preprocess::with_size(opts.config.image_size);
+    let decoding = Instant::now();
     let train_set = Arc::new(decode("train", &dataset.train, pre, observer));
     let val_set = Arc::new(decode("val", &dataset.val, pre, observer));
+    let decode_seconds = decoding.elapsed().as_secs_f32();
     let train_counts = train_set.class_counts(dataset.classes.len());
     let val_counts = val_set.class_counts(dataset.classes.len());
     for (c, (t, v)) in train_counts.iter().zip(&val_counts).enumerate() {
@@ -190,18 +223,21 @@ pub fn finetune(
     let cache =
         opts.cache && augment.is_none() && prefix > 0 && model.prefix_is_deterministic(prefix);
     observer.on_start(&dataset, train_set.len(), val_set.len(), !keeps_head);
+    let mut cache_seconds = 0.0;
     let feed = if cache {
         let stages = model.unit_stages()[..prefix].to_vec();
         observer.on_cache(
             stages.first().map_or("", String::as_str),
             stages.last().map_or("", String::as_str),
         );
+        let caching = Instant::now();
         let train_cache = Arc::new(FeatureCache::compute(
             model, prefix, &train_set, batch_size, pre,
         ));
         let val_cache = Arc::new(FeatureCache::compute(
             model, prefix, &val_set, batch_size, pre,
         ));
+        cache_seconds = caching.elapsed().as_secs_f32();
         let t = train_cache.clone();
         Feed {
             train: Box::new(move |epoch| {
@@ -239,21 +275,28 @@ pub fn finetune(
             start: 0,
         }
     };
-    let summary = fit(
-        model,
-        &opts.config,
-        feed,
-        &files,
-        resume.unwrap_or_default(),
-        observer,
-    )?;
+    let resume = resume.unwrap_or_default();
+    let resumed = resume.history.len();
+    let fitting = Instant::now();
+    let summary = fit(model, &opts.config, feed, &files, resume, observer)?;
+    let fit_seconds = fitting.elapsed().as_secs_f32();
+    let trained = summary.history.get(resumed..).unwrap_or_default();
     let mut skipped = train_set.skipped.clone();
     skipped.extend(val_set.skipped.iter().cloned());
+    let timings = Timings {
+        total: started.elapsed().as_secs_f32(),
+        decode: decode_seconds,
+        cache: cache_seconds,
+        fit: fit_seconds,
+        epochs: trained.len(),
+        epoch_seconds: trained.iter().map(|r| r.seconds).sum(),
+    };
     Ok(FinetuneReport {
         summary,
         classes: dataset.classes,
         skipped,
         files,
+        timings,
     })
 }
 

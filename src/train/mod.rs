@@ -8,7 +8,7 @@ pub mod regularization;
 pub mod trainer;
 
 pub use early_stopping::EarlyStopping;
-pub use finetune::{finetune, FinetuneObserver, FinetuneOptions, FinetuneReport};
+pub use finetune::{finetune, FinetuneObserver, FinetuneOptions, FinetuneReport, Timings};
 pub use metrics::{Confusion, Running};
 pub use optimizer::{zero_grad, Adam, Optimizer, Sgd};
 pub use regularization::Penalty;
