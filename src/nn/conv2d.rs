@@ -32,7 +32,7 @@ use super::{
     visit_weight_bias, visit_weight_bias_mut, Context, Layer, Param, ParamKind, NO_FORWARD,
 };
 use crate::tensor::gemm::{matmul, Threads};
-use crate::tensor::im2col::{col2im_rows, im2col_rows, ConvGeometry};
+use crate::tensor::im2col::{col2im_rows, im2col_rows, im2col_rows_into, ConvGeometry};
 use crate::tensor::into_standard;
 use crate::tensor::winograd::{conv3x3, WinogradWeights};
 
@@ -215,7 +215,7 @@ impl Conv2d {
             |bufs: &mut GroupBuffers, (first, mut yc): (usize, ArrayViewMut3<'_, f32>), threads| {
                 let images = first..first + yc.shape()[0];
                 let width = images.len() * p;
-                let col = group_columns(xs, g, images, &mut bufs.scratch, &mut bufs.col);
+                let col = group_columns(xs, g, images, 0..g.channels, &mut bufs.col);
                 bufs.out.resize(co * width, 0.0);
                 let mut out =
                     ArrayViewMut2::from_shape((co, width), &mut bufs.out[..]).expect("group shape");
@@ -293,71 +293,93 @@ impl Conv2d {
             .collect()
     }
 
-    /// As [`Self::backward_per_image`] for small outputs, `group` images per product:
-    /// `∂W += G·colᵀ` and `∂col = Wᵀ·G` with the gradients `G` `[C_out, group·OH·OW]` and the
-    /// columns of the group's images side by side.
-    fn backward_grouped(
+    /// `∂x` for small outputs, `group` images per product: `∂col = Wᵀ·G` with the gradients `G`
+    /// `[C_out, group·OH·OW]` of the group's images side by side, then col2im per image.
+    fn input_grad_grouped(
         &self,
         grad: &Array3<f32>,
-        input: Option<&[f32]>,
         g: &ConvGeometry,
         mut dx: ArrayViewMut2<'_, f32>,
-        want_dx: bool,
         group: usize,
-    ) -> Vec<Option<Array2<f32>>> {
-        let (n, co) = (grad.shape()[0], self.out_channels());
+    ) {
+        let co = self.out_channels();
         let (rows, p) = (g.col_rows(), g.col_cols());
         let w = self.weight_matrix();
-        let mut dx_chunks = dx.axis_chunks_iter_mut(Axis(0), group);
-        let jobs: Vec<_> = (0..n)
-            .step_by(group)
-            .map(|first| {
-                let chunk = if want_dx { dx_chunks.next() } else { None };
-                (first..(first + group).min(n), chunk)
-            })
+        let jobs: Vec<_> = dx
+            .axis_chunks_iter_mut(Axis(0), group)
+            .enumerate()
+            .map(|(j, chunk)| (j * group, chunk))
             .collect();
-        let run = |state: &mut (GroupBuffers, Option<Array2<f32>>),
-                   (images, dxc): (Range<usize>, Option<ArrayViewMut2<'_, f32>>),
+        let run = |bufs: &mut GroupBuffers,
+                   (first, mut dxc): (usize, ArrayViewMut2<'_, f32>),
                    threads| {
-            let (bufs, dw) = state;
+            let images = first..first + dxc.shape()[0];
             let width = images.len() * p;
             bufs.out.resize(co * width, 0.0);
             let mut gb =
                 ArrayViewMut2::from_shape((co, width), &mut bufs.out[..]).expect("group shape");
-            for (j, i) in images.clone().enumerate() {
+            for (j, i) in images.enumerate() {
                 gb.slice_mut(s![.., j * p..(j + 1) * p])
                     .assign(&grad.index_axis(Axis(0), i));
             }
-            let gb = gb.view();
-            if let Some(xs) = input {
-                let col = group_columns(xs, g, images.clone(), &mut bufs.scratch, &mut bufs.col);
-                let dw = dw.get_or_insert_with(|| Array2::zeros((co, rows)));
-                matmul(gb, col.t(), dw.view_mut(), true, threads);
-            }
-            if let Some(mut dxc) = dxc {
-                bufs.col.resize(rows * width, 0.0);
-                let mut dcol = ArrayViewMut2::from_shape((rows, width), &mut bufs.col[..])
-                    .expect("group shape");
-                matmul(w.t(), gb, dcol.view_mut(), false, threads);
-                for (j, mut dxi) in dxc.outer_iter_mut().enumerate() {
-                    let block = dcol.slice(s![.., j * p..(j + 1) * p]);
-                    let dxi = dxi.as_slice_mut().expect("contiguous row");
-                    if g.is_identity() {
-                        ArrayViewMut2::from_shape((rows, p), dxi)
-                            .expect("dx shape")
-                            .assign(&block);
-                    } else {
-                        bufs.scratch.clear();
-                        bufs.scratch.extend(block.iter());
-                        col2im_rows(&bufs.scratch, g, 0..g.out_height, dxi);
-                    }
+            bufs.col.resize(rows * width, 0.0);
+            let mut dcol =
+                ArrayViewMut2::from_shape((rows, width), &mut bufs.col[..]).expect("group shape");
+            matmul(w.t(), gb.view(), dcol.view_mut(), false, threads);
+            for (j, mut dxi) in dxc.outer_iter_mut().enumerate() {
+                let block = dcol.slice(s![.., j * p..(j + 1) * p]);
+                let dxi = dxi.as_slice_mut().expect("contiguous row");
+                if g.is_identity() {
+                    ArrayViewMut2::from_shape((rows, p), dxi)
+                        .expect("dx shape")
+                        .assign(&block);
+                } else {
+                    bufs.scratch.clear();
+                    bufs.scratch.extend(block.iter());
+                    col2im_rows(&bufs.scratch, g, 0..g.out_height, dxi);
                 }
             }
         };
-        run_jobs(jobs, 1, run)
-            .into_iter()
-            .map(|(_, dw): (GroupBuffers, _)| dw)
-            .collect()
+        run_jobs(jobs, 1, run);
+    }
+
+    /// `∂W = G·colᵀ` for small outputs over the whole batch at once: the gradients `G`
+    /// `[C_out, N·OH·OW]` of all images side by side, and the weight's columns split by input
+    /// channel into pieces (a multiple of the thread count, each piece's columns at most
+    /// [`TILE_BYTES`] · 4), each piece one product with the batch as its inner dimension. No
+    /// partial sums: every piece owns its columns of `∂W`.
+    fn weight_grad_wide(&self, grad: &Array3<f32>, xs: &[f32], g: &ConvGeometry) -> Array2<f32> {
+        let (n, co, p) = grad.dim();
+        let width = n * p;
+        let mut gall = Array2::<f32>::zeros((co, width));
+        for (i, gi) in grad.outer_iter().enumerate() {
+            gall.slice_mut(s![.., i * p..(i + 1) * p]).assign(&gi);
+        }
+        let k2 = g.kernel * g.kernel;
+        let per_channel = k2 * width * std::mem::size_of::<f32>();
+        let threads = rayon::current_num_threads().max(1);
+        let pieces = g
+            .channels
+            .div_ceil((4 * TILE_BYTES / per_channel.max(1)).max(1))
+            .div_ceil(threads)
+            * threads;
+        let per_piece = g.channels.div_ceil(pieces.min(g.channels).max(1));
+        let mut dw = Array2::<f32>::zeros((co, g.col_rows()));
+        let jobs: Vec<_> = dw
+            .axis_chunks_iter_mut(Axis(1), per_piece * k2)
+            .enumerate()
+            .collect();
+        let gall = gall.view();
+        run_jobs(
+            jobs,
+            1,
+            |col: &mut Vec<f32>, (j, dwp): (usize, ArrayViewMut2<'_, f32>), threads| {
+                let channels = j * per_piece..(j * per_piece + dwp.ncols() / k2);
+                let col = group_columns(xs, g, 0..n, channels, col);
+                matmul(gall, col.t(), dwp, false, threads);
+            },
+        );
+        dw
     }
 
     /// Whether a convolution of `n` images with this layer's kernel, from `c_in` to `c_out`
@@ -538,27 +560,31 @@ struct GroupBuffers {
     out: Vec<f32>,
 }
 
-/// The column matrices of `images`, side by side: `[C·k·k, images·OH·OW]` in `buf`.
+/// The column matrices of `images` (channels `channels` of each), side by side:
+/// `[channels·k·k, images·OH·OW]` in `buf`.
 fn group_columns<'a>(
     xs: &[f32],
     g: &ConvGeometry,
     images: Range<usize>,
-    scratch: &mut Vec<f32>,
+    channels: Range<usize>,
     buf: &'a mut Vec<f32>,
 ) -> ArrayView2<'a, f32> {
-    let (k, p) = (g.col_rows(), g.col_cols());
-    let per_in = g.channels * g.height * g.width;
-    let width = images.len() * p;
+    let p = g.col_cols();
+    let plane = g.height * g.width;
+    let per_in = g.channels * plane;
+    let sub = ConvGeometry::new(
+        channels.len(),
+        g.height,
+        g.width,
+        g.kernel,
+        g.stride,
+        g.padding,
+    );
+    let (k, width) = (sub.col_rows(), images.len() * p);
     buf.resize(k * width, 0.0);
-    let mut dst = ArrayViewMut2::from_shape((k, width), &mut buf[..]).expect("group shape");
     for (j, i) in images.enumerate() {
-        let col = columns(
-            &xs[i * per_in..(i + 1) * per_in],
-            g,
-            0..g.out_height,
-            scratch,
-        );
-        dst.slice_mut(s![.., j * p..(j + 1) * p]).assign(&col);
+        let x = &xs[i * per_in + channels.start * plane..i * per_in + channels.end * plane];
+        im2col_rows_into(x, &sub, 0..g.out_height, &mut buf[j * p..], width);
     }
     ArrayView2::from_shape((k, width), &buf[..]).expect("group shape")
 }
@@ -698,7 +724,10 @@ impl Layer for Conv2d {
         let mut dx = Array2::<f32>::zeros((if want_dx { n } else { 0 }, per_in));
         let group = images_per_group(n, cols);
         let partials = if group > 1 {
-            self.backward_grouped(&grad, input, &g, dx.view_mut(), want_dx, group)
+            if want_dx {
+                self.input_grad_grouped(&grad, &g, dx.view_mut(), group);
+            }
+            vec![input.map(|xs| self.weight_grad_wide(&grad, xs, &g))]
         } else {
             self.backward_per_image(&grad, input, &g, dx.view_mut(), want_dx)
         };
@@ -847,6 +876,10 @@ mod tests {
             (5, 32, 6, 1, 1, 0),
             (9, 8, 9, 3, 2, 1),
             (4, 8, 4, 1, 2, 0),
+            // ∂W in pieces of uneven channel counts (5 = 3 + 2) and in more pieces than
+            // threads (about 15 channels' columns fill a piece at this width).
+            (6, 5, 5, 3, 1, 1),
+            (64, 40, 15, 3, 1, 1),
         ] {
             let g = ConvGeometry::new(c, side, side, k, s, p);
             assert!(images_per_group(n, g.col_cols()) > 1, "grouped: {case:?}");

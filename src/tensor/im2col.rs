@@ -91,14 +91,39 @@ pub fn im2col(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
 /// # Panics
 /// Panics if the slice lengths do not match the geometry or the rows are out of range.
 pub fn im2col_rows(x: &[f32], g: &ConvGeometry, out_rows: Range<usize>, col: &mut [f32]) {
+    let tile = out_rows.len() * g.out_width;
+    assert_eq!(col.len(), g.col_rows() * tile, "im2col: column length");
+    im2col_rows_into(x, g, out_rows, col, tile);
+}
+
+/// [`im2col_rows`] into a matrix whose rows are `ld ≥ (oy1 − oy0)·OW` apart: row `r` of the tile
+/// fills `col[r·ld..r·ld + tile]` and the rest of each row is left alone, so that the tiles of
+/// several images can be written side by side into one wider matrix.
+///
+/// # Panics
+/// Panics if `col` is too short for the rows or the rows are out of range.
+pub fn im2col_rows_into(
+    x: &[f32],
+    g: &ConvGeometry,
+    out_rows: Range<usize>,
+    col: &mut [f32],
+    ld: usize,
+) {
     let (h, w, k, s) = (g.height, g.width, g.kernel, g.stride);
     let ow = g.out_width;
     assert!(out_rows.end <= g.out_height, "im2col: output rows");
     let (oy0, oy1) = (out_rows.start, out_rows.end.max(out_rows.start));
     let tile = (oy1 - oy0) * ow;
     assert_eq!(x.len(), g.channels * h * w, "im2col: input length");
-    assert_eq!(col.len(), g.col_rows() * tile, "im2col: column length");
+    assert!(ld >= tile, "im2col: row stride below the tile width");
+    assert!(
+        g.col_rows() == 0 || col.len() >= (g.col_rows() - 1) * ld + tile,
+        "im2col: column length"
+    );
     let p = g.padding as isize;
+    if s > 1 {
+        return im2col_rows_phased(x, g, oy0..oy1, col, ld);
+    }
     for c in 0..g.channels {
         let plane = &x[c * h * w..(c + 1) * h * w];
         for ki in 0..k {
@@ -106,7 +131,7 @@ pub fn im2col_rows(x: &[f32], g: &ConvGeometry, out_rows: Range<usize>, col: &mu
             for kj in 0..k {
                 let (x_lo, x_hi) = g.valid_range(w, ow, kj);
                 let row = (c * k + ki) * k + kj;
-                let dst = &mut col[row * tile..(row + 1) * tile];
+                let dst = &mut col[row * ld..row * ld + tile];
                 for (oy, out_row) in (oy0..oy1).zip(dst.chunks_exact_mut(ow.max(1))) {
                     if oy < y_lo || oy >= y_hi || x_hi <= x_lo {
                         out_row.fill(0.0);
@@ -117,16 +142,70 @@ pub fn im2col_rows(x: &[f32], g: &ConvGeometry, out_rows: Range<usize>, col: &mu
                     out_row[..x_lo].fill(0.0);
                     out_row[x_hi..].fill(0.0);
                     let ix0 = ((x_lo * s + kj) as isize - p) as usize;
-                    if s == 1 {
-                        out_row[x_lo..x_hi].copy_from_slice(&src[ix0..ix0 + (x_hi - x_lo)]);
-                    } else {
-                        for (d, v) in out_row[x_lo..x_hi]
-                            .iter_mut()
-                            .zip(src[ix0..].iter().step_by(s))
-                        {
-                            *d = *v;
-                        }
+                    out_row[x_lo..x_hi].copy_from_slice(&src[ix0..ix0 + (x_hi - x_lo)]);
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col_rows`] for stride `S > 1`: each input row a tile reads is split once into its `S`
+/// phases (`x[r], x[r + S], x[r + 2S], …` for `r < S`), after which the row of every kernel
+/// column `kj` is a contiguous copy out of phase `(kj − P) mod S`, instead of `k` strided
+/// gathers.
+fn im2col_rows_phased(
+    x: &[f32],
+    g: &ConvGeometry,
+    out_rows: Range<usize>,
+    col: &mut [f32],
+    ld: usize,
+) {
+    let (h, w, k, s) = (g.height, g.width, g.kernel, g.stride);
+    let ow = g.out_width;
+    let (oy0, oy1) = (out_rows.start, out_rows.end);
+    let p = g.padding as isize;
+    let phase_len = w.div_ceil(s);
+    let mut phases = vec![0.0f32; s * phase_len];
+    let columns: Vec<(usize, usize)> = (0..k).map(|kj| g.valid_range(w, ow, kj)).collect();
+    for c in 0..g.channels {
+        let plane = &x[c * h * w..(c + 1) * h * w];
+        for ki in 0..k {
+            let (y_lo, y_hi) = g.valid_range(h, g.out_height, ki);
+            let rows = (c * k + ki) * k..(c * k + ki + 1) * k;
+            for oy in oy0..oy1 {
+                let at = (oy - oy0) * ow;
+                if oy < y_lo || oy >= y_hi {
+                    for row in rows.clone() {
+                        col[row * ld + at..row * ld + at + ow].fill(0.0);
                     }
+                    continue;
+                }
+                let iy = ((oy * s + ki) as isize - p) as usize;
+                let src = &plane[iy * w..(iy + 1) * w];
+                for (r, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
+                    for (d, v) in phase.iter_mut().zip(src.iter().skip(r).step_by(s)) {
+                        *d = *v;
+                    }
+                }
+                for (kj, row) in rows.clone().enumerate() {
+                    let out_row = &mut col[row * ld + at..row * ld + at + ow];
+                    let (x_lo, x_hi) = columns[kj];
+                    if x_hi <= x_lo {
+                        out_row.fill(0.0);
+                        continue;
+                    }
+                    out_row[..x_lo].fill(0.0);
+                    out_row[x_hi..].fill(0.0);
+                    // Input column `ox·S + kj − P` is phase `r`, index `ox + q`, where
+                    // `kj − P = q·S + r` with `0 ≤ r < S`.
+                    let off = kj as isize - p;
+                    let (q, r) = (
+                        off.div_euclid(s as isize),
+                        off.rem_euclid(s as isize) as usize,
+                    );
+                    let start = (x_lo as isize + q) as usize;
+                    let phase = &phases[r * phase_len..(r + 1) * phase_len];
+                    out_row[x_lo..x_hi].copy_from_slice(&phase[start..start + (x_hi - x_lo)]);
                 }
             }
         }
@@ -231,6 +310,10 @@ mod tests {
             (1, 3, 3, 3, 1, 3),
             (2, 1, 2, 7, 1, 3),
             (1, 2, 3, 7, 2, 3),
+            (3, 15, 13, 7, 2, 3),
+            (2, 8, 9, 3, 3, 1),
+            (2, 7, 7, 1, 2, 0),
+            (1, 5, 11, 5, 4, 2),
         ] {
             let g = ConvGeometry::new(c, h, w, k, s, p);
             let x: Vec<f32> = (0..c * h * w).map(|i| (i as f32 * 0.37).sin()).collect();
@@ -271,6 +354,20 @@ mod tests {
             }
             for (a, b) in tiled_back.iter().zip(&back) {
                 assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
+
+            // Side by side: two copies of the image's columns in a matrix of rows 2·OH·OW + 3
+            // apart, the gaps untouched.
+            let p = g.col_cols();
+            let ld = 2 * p + 3;
+            let mut wide = vec![-7.0f32; rows * ld];
+            im2col_rows_into(&x, &g, 0..g.out_height, &mut wide, ld);
+            im2col_rows_into(&x, &g, 0..g.out_height, &mut wide[p..], ld);
+            for r in 0..rows {
+                let line = &wide[r * ld..(r + 1) * ld];
+                assert_eq!(line[..p], col[r * p..(r + 1) * p], "{g:?}");
+                assert_eq!(line[p..2 * p], col[r * p..(r + 1) * p], "{g:?}");
+                assert_eq!(line[2 * p..], [-7.0; 3], "{g:?}");
             }
         }
     }
