@@ -108,6 +108,25 @@ fn vec_of(p: &Param) -> Vec<f32> {
 }
 
 impl Layer for BatchNorm {
+    fn channel_affine(&mut self, mode: Mode, grad_enabled: bool) -> Option<(Vec<f32>, Vec<f32>)> {
+        if !self.spatial || self.uses_batch_stats(mode) || (grad_enabled && self.has_trainable()) {
+            return None;
+        }
+        self.cache = None;
+        let (mean, var) = (vec_of(&self.running_mean), vec_of(&self.running_var));
+        let (gamma, beta) = (vec_of(&self.weight), vec_of(&self.bias));
+        Some(
+            mean.iter()
+                .zip(&var)
+                .zip(gamma.iter().zip(&beta))
+                .map(|((&mu, &v), (&g, &b))| {
+                    let is = 1.0 / (v + self.eps).sqrt();
+                    (g * is, b - g * is * mu)
+                })
+                .unzip(),
+        )
+    }
+
     fn forward(&mut self, x: ArrayD<f32>, ctx: &mut Context<'_>) -> ArrayD<f32> {
         let (mut x, shape) = self.as3(x);
         let c = self.channels();

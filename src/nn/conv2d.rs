@@ -31,6 +31,7 @@ use super::linear::uniform;
 use super::{
     visit_weight_bias, visit_weight_bias_mut, Context, Layer, Param, ParamKind, NO_FORWARD,
 };
+use crate::tensor::epilogue::Epilogue;
 use crate::tensor::gemm::{matmul, Threads};
 use crate::tensor::im2col::{col2im_rows, im2col_rows, im2col_rows_into, ConvGeometry};
 use crate::tensor::into_standard;
@@ -149,17 +150,17 @@ impl Conv2d {
             .expect("contiguous weight")
     }
 
-    /// `y = W·col(x) + b` through im2col and GEMM, a band of output rows at a time.
+    /// `y = epilogue(W·col(x))` through im2col and GEMM, a band of output rows at a time.
     fn forward_im2col(
         &self,
         x: &Array4<f32>,
         g: &ConvGeometry,
-        bias: Option<&[f32]>,
+        epilogue: &Epilogue,
     ) -> Array4<f32> {
         let (n, co) = (x.shape()[0], self.out_channels());
         let group = images_per_group(n, g.col_cols());
         if group > 1 {
-            return self.forward_grouped(x, g, bias, group);
+            return self.forward_grouped(x, g, epilogue, group);
         }
         let w = self.weight_matrix();
         let xs = x.as_slice().expect("standard layout");
@@ -183,21 +184,21 @@ impl Conv2d {
              threads| {
                 let col = columns(&xs[i * per_in..(i + 1) * per_in], g, rows, buf);
                 matmul(w, col, yt.view_mut(), false, threads);
-                add_bias(yt, bias);
+                epilogue.apply_rows(yt);
             },
         );
         y.into_shape_with_order((n, co, g.out_height, g.out_width))
             .expect("output shape")
     }
 
-    /// `y = W·col(x) + b` for small outputs: the columns of `group` images side by side in one
+    /// `y = epilogue(W·col(x))` for small outputs: the columns of `group` images side by side in one
     /// product (`[C_out, C·k·k]·[C·k·k, group·OH·OW]`), so that the weight is packed once per
     /// group rather than once per image and the product runs wide.
     fn forward_grouped(
         &self,
         x: &Array4<f32>,
         g: &ConvGeometry,
-        bias: Option<&[f32]>,
+        epilogue: &Epilogue,
         group: usize,
     ) -> Array4<f32> {
         let (n, co, p) = (x.shape()[0], self.out_channels(), g.col_cols());
@@ -222,7 +223,7 @@ impl Conv2d {
                 matmul(w, col, out.view_mut(), false, threads);
                 for (j, mut yi) in yc.outer_iter_mut().enumerate() {
                     yi.assign(&out.slice(s![.., j * p..(j + 1) * p]));
-                    add_bias(yi, bias);
+                    epilogue.apply_rows(yi);
                 }
             },
         );
@@ -650,45 +651,70 @@ fn run_jobs<J: Send, S: Default + Send>(
     }
 }
 
-/// Adds `bias[c]` to row `c` of `y` (`[C_out, positions]`).
-fn add_bias(mut y: ArrayViewMut2<'_, f32>, bias: Option<&[f32]>) {
-    if let Some(b) = bias {
-        for (mut row, bv) in y.axis_iter_mut(Axis(0)).zip(b) {
-            row += *bv;
-        }
-    }
-}
-
-impl Layer for Conv2d {
-    fn forward(&mut self, x: ArrayD<f32>, ctx: &mut Context<'_>) -> ArrayD<f32> {
+impl Conv2d {
+    /// The forward pass, its output through the bias and then, when `then` is given, a per-channel
+    /// `(scale, shift, relu)` in the same output pass.
+    ///
+    /// # Panics
+    /// Panics if `then` is given for a pass that keeps a cache for backward (the output would not
+    /// be this layer's).
+    fn forward_epilogue(
+        &mut self,
+        x: ArrayD<f32>,
+        ctx: &mut Context<'_>,
+        then: Option<(&[f32], &[f32], bool)>,
+    ) -> ArrayD<f32> {
         let x = into_standard(
             x.into_dimensionality::<Ix4>()
                 .expect("Conv2d expects [N, C, H, W]"),
         );
         let g = self.geometry(x.shape());
         let (n, co) = (x.shape()[0], self.out_channels());
-        let bias = self
-            .bias
-            .as_ref()
-            .map(|b| b.value().iter().copied().collect::<Vec<_>>());
+        let track = ctx.tracks(self.has_trainable());
+        assert!(
+            then.is_none() || !track,
+            "Conv2d: an output pass with a folded map cannot be tracked for backward"
+        );
+        let mut epilogue = Epilogue::bias(
+            self.bias
+                .as_ref()
+                .map(|b| b.value().iter().copied().collect()),
+        );
+        if let Some((scale, shift, relu)) = then {
+            epilogue = epilogue.then_affine(scale, shift, relu);
+        }
         let y = if self.takes_winograd(n, (g.channels, co), (g.out_height, g.out_width)) {
             let padding = self.padding;
-            conv3x3(
-                x.view(),
-                self.winograd_weights(false),
-                bias.as_deref(),
-                padding,
-                false,
-            )
+            conv3x3(x.view(), self.winograd_weights(false), &epilogue, padding)
         } else {
-            self.forward_im2col(&x, &g, bias.as_deref())
+            self.forward_im2col(&x, &g, &epilogue)
         };
-        self.cache = ctx.tracks(self.has_trainable()).then(|| Cache {
+        self.cache = track.then(|| Cache {
             input_shape: [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]],
             input: self.weight.trainable().then_some(x),
             input_grad: ctx.input_grad,
         });
         y.into_dyn()
+    }
+}
+
+impl Layer for Conv2d {
+    fn forward(&mut self, x: ArrayD<f32>, ctx: &mut Context<'_>) -> ArrayD<f32> {
+        self.forward_epilogue(x, ctx, None)
+    }
+
+    fn fuses_output(&self) -> bool {
+        true
+    }
+
+    fn forward_then(
+        &mut self,
+        x: ArrayD<f32>,
+        ctx: &mut Context<'_>,
+        (scale, shift): (&[f32], &[f32]),
+        relu: bool,
+    ) -> ArrayD<f32> {
+        self.forward_epilogue(x, ctx, Some((scale, shift, relu)))
     }
 
     fn backward(&mut self, grad: ArrayD<f32>) -> Option<ArrayD<f32>> {
@@ -753,9 +779,8 @@ impl Layer for Conv2d {
             let dx = conv3x3(
                 grad.view(),
                 self.winograd_weights(true),
-                None,
+                &Epilogue::default(),
                 padding,
-                false,
             );
             return Some(dx.into_dyn());
         }

@@ -137,6 +137,54 @@ pub trait Layer: Send + Sync {
         Vec::new()
     }
 
+    /// Whether [`Layer::forward_then`] applies the following map in the layer's own output pass
+    /// (Conv2d). Containers fuse a layer with a following [`Layer::channel_affine`] (and ReLU)
+    /// only then.
+    fn fuses_output(&self) -> bool {
+        false
+    }
+
+    /// The forward pass followed by `y = act(scale[c]·y + shift[c])` over the channels (axis 1),
+    /// `act` a ReLU when `relu`. Only for passes that keep nothing for backward. By default two
+    /// passes; layers that [`Layer::fuses_output`] make it one.
+    fn forward_then(
+        &mut self,
+        x: ArrayD<f32>,
+        ctx: &mut Context<'_>,
+        (scale, shift): (&[f32], &[f32]),
+        relu: bool,
+    ) -> ArrayD<f32> {
+        let mut y = self.forward(x, ctx);
+        let epilogue = crate::tensor::epilogue::Epilogue::default().then_affine(scale, shift, relu);
+        for mut image in y.outer_iter_mut() {
+            let c = image.shape().first().copied().unwrap_or(1);
+            let rest = image.len() / c.max(1);
+            let image = image
+                .as_slice_mut()
+                .expect("standard layout output")
+                .chunks_exact_mut(rest.max(1));
+            for (ci, row) in image.enumerate() {
+                let k = epilogue.channel(ci);
+                row.iter_mut().for_each(|v| *v = epilogue.apply(k, *v));
+            }
+        }
+        y
+    }
+
+    /// When the layer, in a pass of `mode` whose input needs no gradient, is a fixed per-channel
+    /// affine map `y = scale[c]·x + shift[c]` over axis 1 that keeps nothing for backward
+    /// (BatchNorm on its running statistics, untracked), its `(scale, shift)`; the caller then
+    /// applies it instead of calling [`Layer::forward`].
+    fn channel_affine(&mut self, _mode: Mode, _grad_enabled: bool) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    /// True for `max(0, x)`, which a container may fold into the layer before it when the pass
+    /// keeps nothing for backward.
+    fn is_relu(&self) -> bool {
+        false
+    }
+
     /// True when the layer's output in train mode depends on the RNG (Dropout with p > 0).
     fn is_stochastic(&self) -> bool {
         false

@@ -26,6 +26,10 @@ impl Layer for Relu {
         x
     }
 
+    fn is_relu(&self) -> bool {
+        true
+    }
+
     fn backward(&mut self, mut grad: ArrayD<f32>) -> Option<ArrayD<f32>> {
         let mask = self.mask.take().expect(NO_FORWARD);
         assert_eq!(mask.len(), grad.len(), "ReLU: gradient shape");

@@ -1,5 +1,6 @@
 //! Pure numeric kernels on ndarray views: no parameters, no state.
 
+pub mod epilogue;
 pub mod gemm;
 pub mod geometry;
 pub mod im2col;

@@ -39,13 +39,15 @@
 //!   each tile's 6-column window of that is gathered to column `t`; then `B` across, for all the
 //!   tiles of the block at once;
 //! - output, per channel: `Aᵀ` down and `A` across, for all the tiles of the block at once; then
-//!   the 4×4 tiles are interleaved into the output rows, plus the bias (and an optional ReLU).
+//!   the 4×4 tiles are interleaved into the output rows through the [`Epilogue`] (bias, a folded
+//!   BatchNorm, an optional ReLU).
 
 use std::ops::Range;
 
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
+use super::epilogue::Epilogue;
 use super::gemm::{matmul, Threads};
 
 /// Output tile side.
@@ -421,14 +423,8 @@ fn input_transform(plan: &Plan, x: &[f32], block: &Block<'_>, s: &mut Scratch) {
     }
 }
 
-/// `Aᵀ·M·A` for one block, plus the bias (and ReLU), into the block's output rows.
-fn output_transform(
-    plan: &Plan,
-    block: &mut Block<'_>,
-    bias: Option<&[f32]>,
-    relu: bool,
-    s: &mut Scratch,
-) {
+/// `Aᵀ·M·A` for one block, through the epilogue, into the block's output rows.
+fn output_transform(plan: &Plan, block: &mut Block<'_>, epilogue: &Epilogue, s: &mut Scratch) {
     let Plan {
         c_out,
         out_width,
@@ -465,9 +461,9 @@ fn output_transform(
                 at6,
             );
         }
-        // Into the output rows, interleaved, plus the bias (and ReLU).
-        let bv = bias.map_or(0.0, |b| b[o]);
-        let act = |v: f32| if relu { v.max(0.0) } else { v };
+        // Into the output rows, interleaved, through the epilogue (bias, folded BatchNorm, ReLU).
+        let k = epilogue.channel(o);
+        let act = |v: f32| epilogue.apply(k, v);
         let mut first = 0;
         for piece in &mut block.pieces {
             let rows = piece.out.shape()[1];
@@ -483,13 +479,13 @@ fn output_transform(
                     let dst = &mut plane[row * out_width..(row + 1) * out_width];
                     let [y0, y1, y2, y3] = chunks::<M_TILE>(out, 0, tb).map(|y| &y[t0..t0 + tx]);
                     for (j, q) in dst.chunks_exact_mut(M_TILE).enumerate() {
-                        q[0] = act(y0[j] + bv);
-                        q[1] = act(y1[j] + bv);
-                        q[2] = act(y2[j] + bv);
-                        q[3] = act(y3[j] + bv);
+                        q[0] = act(y0[j]);
+                        q[1] = act(y1[j]);
+                        q[2] = act(y2[j]);
+                        q[3] = act(y3[j]);
                     }
                     for (k, d) in dst[M_TILE * whole..].iter_mut().enumerate() {
-                        *d = act([y0, y1, y2, y3][k][whole] + bv);
+                        *d = act([y0, y1, y2, y3][k][whole]);
                     }
                 }
             }
@@ -503,8 +499,7 @@ fn run_block(
     plan: &Plan,
     x: &[f32],
     w: &WinogradWeights,
-    bias: Option<&[f32]>,
-    relu: bool,
+    epilogue: &Epilogue,
     mut block: Block<'_>,
     s: &mut Scratch,
 ) {
@@ -517,7 +512,7 @@ fn run_block(
             .expect("M");
         matmul(w.position(xi), v, m, false, Threads::One);
     }
-    output_transform(plan, &mut block, bias, relu, s);
+    output_transform(plan, &mut block, epilogue, s);
 }
 
 /// Tile rows per block: a block holds [`MIN_BLOCK_TILES`] to [`MAX_BLOCK_TILES`] tiles, the
@@ -547,26 +542,24 @@ fn rows_per_block(tiles_x: usize, tile_rows: usize) -> usize {
     tile_rows.div_ceil(blocks.max(1)).max(1)
 }
 
-/// `y = conv(x, g) + b` for a 3×3 kernel, stride 1 and zero padding `padding`, then `max(0, ·)`
-/// when `relu`, by Winograd F(4×4, 3×3). `x` is `[N, C_in, H, W]` (any layout), `y`
+/// `y = epilogue(conv(x, g))` for a 3×3 kernel, stride 1 and zero padding `padding` (the
+/// epilogue: per output channel a scale and shift, which carry the bias and a folded BatchNorm,
+/// then an optional ReLU), by Winograd F(4×4, 3×3). `x` is `[N, C_in, H, W]` (any layout), `y`
 /// `[N, C_out, H + 2p − 2, W + 2p − 2]`. Blocks of tiles run in parallel on the rayon pool, each
 /// product on one thread.
 ///
 /// # Panics
-/// Panics if the channels differ from the weights', the bias length from `C_out`, or the output
-/// would be empty.
+/// Panics if the channels differ from the weights', the epilogue's lengths from `C_out`, or the
+/// output would be empty.
 pub fn conv3x3(
     x: ArrayView4<'_, f32>,
     w: &WinogradWeights,
-    bias: Option<&[f32]>,
+    epilogue: &Epilogue,
     padding: usize,
-    relu: bool,
 ) -> Array4<f32> {
     let (n, c_in, height, width) = x.dim();
     assert_eq!(c_in, w.c_in, "Winograd conv: input channels");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), w.c_out, "Winograd conv: bias length");
-    }
+    epilogue.check(w.c_out);
     assert!(
         height + 2 * padding >= 3 && width + 2 * padding >= 3,
         "Winograd conv: the input {height}x{width} with padding {padding} is smaller than the kernel"
@@ -629,7 +622,7 @@ pub fn conv3x3(
     let max_tiles = rows * tiles_x;
     blocks.into_par_iter().for_each_init(
         || Scratch::new(&plan, max_tiles),
-        |s, block| run_block(&plan, xs, w, bias, relu, block, s),
+        |s, block| run_block(&plan, xs, w, epilogue, block, s),
     );
     y
 }
@@ -721,7 +714,7 @@ mod tests {
             let w = he(&mut rng, co, ci);
             let bias: Vec<f32> = (0..co).map(|_| rng.random_range(-0.1..0.1)).collect();
             let u = WinogradWeights::new(w.view());
-            let y = conv3x3(x.view(), &u, Some(&bias), 1, false);
+            let y = conv3x3(x.view(), &u, &Epilogue::bias(Some(bias.clone())), 1);
             let err = relative_error(&y, &direct(&x, &w, Some(&bias), 1));
             assert!(
                 err <= BOUND,
@@ -751,14 +744,22 @@ mod tests {
             let bias: Vec<f32> = (0..co).map(|_| rng.random_range(-1.0..1.0)).collect();
             let u = WinogradWeights::new(wt.view());
             let want = direct(&x, &wt, Some(&bias), p);
-            let y = conv3x3(x.view(), &u, Some(&bias), p, false);
+            let y = conv3x3(x.view(), &u, &Epilogue::bias(Some(bias.clone())), p);
             let err = relative_error(&y, &want);
             assert!(err <= BOUND, "{n}x{ci}x{h}x{w} -> {co}, p {p}: {err:e}");
-            let y = conv3x3(x.view(), &u, Some(&bias), p, true);
-            let err = relative_error(&y, &want.mapv(|v| v.max(0.0)));
+            // A folded BatchNorm (scale and shift per channel) and a ReLU in the same pass.
+            let scale: Vec<f32> = (0..co).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let shift: Vec<f32> = (0..co).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let epilogue = Epilogue::bias(Some(bias.clone())).then_affine(&scale, &shift, true);
+            let y = conv3x3(x.view(), &u, &epilogue, p);
+            let mut folded = want.clone();
+            for ((_, o, _, _), v) in folded.indexed_iter_mut() {
+                *v = (scale[o] as f64 * *v + shift[o] as f64).max(0.0);
+            }
+            let err = relative_error(&y, &folded);
             assert!(
                 err <= BOUND,
-                "{n}x{ci}x{h}x{w} -> {co}, p {p}, ReLU: {err:e}"
+                "{n}x{ci}x{h}x{w} -> {co}, p {p}, BatchNorm + ReLU: {err:e}"
             );
         }
     }
@@ -770,7 +771,7 @@ mod tests {
         let wt = he(&mut rng, 5, 6);
         let u = WinogradWeights::new(wt.view());
         let view = x.slice(s![..;2, .., .., ..;-1]);
-        let y = conv3x3(view, &u, None, 1, false);
+        let y = conv3x3(view, &u, &Epilogue::default(), 1);
         let err = relative_error(&y, &direct(&view.to_owned(), &wt, None, 1));
         assert!(err <= BOUND, "{err:e}");
     }
@@ -803,7 +804,7 @@ mod tests {
             }
             let u = WinogradWeights::for_input_grad(wt.view());
             assert_eq!((u.out_channels(), u.in_channels()), (ci, co));
-            let dx = conv3x3(gy.view(), &u, None, 2 - p, false);
+            let dx = conv3x3(gy.view(), &u, &Epilogue::default(), 2 - p);
             let err = relative_error(&dx, &want);
             assert!(err <= BOUND, "{ci}<-{co} {side}x{side}, p {p}: {err:e}");
         }
@@ -816,7 +817,7 @@ mod tests {
         let x = normal(&mut rng, (9, 4, 30, 30), 1.0);
         let wt = he(&mut rng, 3, 4);
         let u = WinogradWeights::new(wt.view());
-        let y = conv3x3(x.view(), &u, None, 1, false);
+        let y = conv3x3(x.view(), &u, &Epilogue::default(), 1);
         let err = relative_error(&y, &direct(&x, &wt, None, 1));
         assert!(err <= BOUND, "{err:e}");
     }
