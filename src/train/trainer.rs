@@ -21,8 +21,8 @@ use super::regularization::Penalty;
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::loss::cross_entropy;
-use crate::nn::{Context, Layer, ParamKind};
-use crate::weights::{save_atomic, write_atomic, TensorData, WeightFile};
+use crate::nn::Context;
+use crate::weights::{link_atomic, save_atomic, write_atomic, TensorData, WeightFile};
 
 /// A batch: images `[N, 3, S, S]` (or the cached output of a frozen prefix) and class labels.
 pub type Batch = (ArrayD<f32>, Vec<usize>);
@@ -446,24 +446,6 @@ impl Resume {
     }
 }
 
-fn snapshot(model: &Model) -> HashMap<String, ArrayD<f32>> {
-    let mut s = HashMap::new();
-    model.visit(&mut |name, p| {
-        if p.trainable() || p.kind() == ParamKind::Buffer {
-            s.insert(name.to_string(), p.value().to_owned());
-        }
-    });
-    s
-}
-
-fn restore(model: &mut Model, snap: &HashMap<String, ArrayD<f32>>) {
-    model.net_mut().visit_mut("", &mut |name, p| {
-        if let Some(v) = snap.get(name) {
-            p.set_value(v.clone());
-        }
-    });
-}
-
 fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
     write_atomic(path, |w| {
         writeln!(
@@ -518,7 +500,8 @@ pub fn fit(
     for r in history.iter() {
         stopper.update(r.epoch, r.val_loss);
     }
-    let mut best_snapshot = None;
+    // Whether the weights in the model are the best checkpoint's (then nothing to restore).
+    let mut holds_best = false;
     let mut stopped_early = false;
     let first = history.last().map_or(1, |r| r.epoch + 1);
     let summary = |history: &[EpochRecord], stopper: &EarlyStopping, stopped_early| {
@@ -593,11 +576,14 @@ pub fn fit(
         history.push(record.clone());
         let json =
             serde_json::to_string(&summary(&history, &stopper, false)).expect("summary serialises");
-        if verdict == Verdict::Improved {
+        holds_best = verdict == Verdict::Improved;
+        if holds_best {
             model.save_checkpoint(&files.best, &json)?;
-            best_snapshot = Some(snapshot(model));
+            // The last epoch is the best one: the same bytes under the second name.
+            link_atomic(&files.best, &files.last)?;
+        } else {
+            model.save_checkpoint(&files.last, &json)?;
         }
-        model.save_checkpoint(&files.last, &json)?;
         let state = optimizer.state_tensors();
         save_atomic(
             &files.optim,
@@ -611,9 +597,8 @@ pub fn fit(
             break;
         }
     }
-    if let Some(snap) = &best_snapshot {
-        restore(model, snap);
-    } else if files.best.is_file() {
+    // Restore the best weights from their checkpoint (read in place from the file's map).
+    if !holds_best && files.best.is_file() {
         let f = WeightFile::open(&files.best)?;
         crate::weights::load_into(model.net_mut(), &f, &|_| false, &|_| false)?;
     }

@@ -87,6 +87,28 @@ pub fn write_atomic(
     result
 }
 
+/// Makes `path` a second name of the finished file `from` (a hard link, made under the temporary
+/// name and renamed over `path`), or where the filesystem has no hard links, an atomic copy. Both
+/// names then hold the same bytes; replacing either later (by a rename) leaves the other intact.
+///
+/// # Errors
+/// [`Error::Io`] naming the file when linking, copying or renaming fails; nothing is left under
+/// the temporary name.
+pub fn link_atomic(from: &Path, path: &Path) -> Result<()> {
+    let tmp = temp_path(path);
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(from, &tmp).is_ok() {
+        let renamed = std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e));
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        return renamed;
+    }
+    write_atomic(path, |w| {
+        std::io::copy(&mut File::open(from)?, w).map(|_| ())
+    })
+}
+
 /// Writes `tensors` (f32) and `metadata` to `path` atomically.
 ///
 /// # Errors
@@ -148,4 +170,28 @@ pub fn save_atomic_as(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_linked_name_keeps_its_bytes_when_the_first_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("tl-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (best, last) = (dir.join("best.bin"), dir.join("last.bin"));
+        write_atomic(&best, |w| std::io::Write::write_all(w, b"epoch 1")).unwrap();
+        std::fs::write(&last, b"stale").unwrap();
+        link_atomic(&best, &last).unwrap();
+        assert_eq!(std::fs::read(&last).unwrap(), b"epoch 1");
+        write_atomic(&best, |w| std::io::Write::write_all(w, b"epoch 2")).unwrap();
+        assert_eq!(std::fs::read(&best).unwrap(), b"epoch 2");
+        assert_eq!(std::fs::read(&last).unwrap(), b"epoch 1");
+        assert!(!temp_path(&last).exists());
+        let missing = link_atomic(&dir.join("none.bin"), &dir.join("x.bin")).unwrap_err();
+        assert!(missing.to_string().contains("x.bin"), "{missing}");
+        assert!(!dir.join("x.bin").exists() && !temp_path(&dir.join("x.bin")).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
