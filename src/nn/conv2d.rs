@@ -35,6 +35,7 @@ use crate::tensor::epilogue::Epilogue;
 use crate::tensor::gemm::{matmul, Threads};
 use crate::tensor::im2col::{col2im_rows, im2col_rows, im2col_rows_into, ConvGeometry};
 use crate::tensor::into_standard;
+use crate::tensor::recycle;
 use crate::tensor::winograd::{conv3x3, WinogradWeights};
 
 /// `nn.Conv2d` with a square kernel.
@@ -166,7 +167,8 @@ impl Conv2d {
         let xs = x.as_slice().expect("standard layout");
         let per_in = g.channels * g.height * g.width;
         let band = tile_rows(g);
-        let mut y = Array3::<f32>::zeros((n, co, g.col_cols()));
+        // Every tile is written in full by its product.
+        let mut y: Array3<f32> = recycle::take_array((n, co, g.col_cols()));
         let mut jobs = Vec::new();
         for (i, mut rest) in y.axis_iter_mut(Axis(0)).enumerate() {
             for t in (0..g.out_height).step_by(band) {
@@ -204,7 +206,8 @@ impl Conv2d {
         let (n, co, p) = (x.shape()[0], self.out_channels(), g.col_cols());
         let w = self.weight_matrix();
         let xs = x.as_slice().expect("standard layout");
-        let mut y = Array3::<f32>::zeros((n, co, p));
+        // Every image's block is assigned in full.
+        let mut y: Array3<f32> = recycle::take_array((n, co, p));
         let jobs: Vec<_> = y
             .axis_chunks_iter_mut(Axis(0), group)
             .enumerate()
@@ -689,11 +692,17 @@ impl Conv2d {
         } else {
             self.forward_im2col(&x, &g, &epilogue)
         };
+        let input_shape = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+        let keep = track && self.weight.trainable();
         self.cache = track.then(|| Cache {
-            input_shape: [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]],
-            input: self.weight.trainable().then_some(x),
+            input_shape,
+            input: None,
             input_grad: ctx.input_grad,
         });
+        match &mut self.cache {
+            Some(c) if keep => c.input = Some(x),
+            _ => recycle::give_array(x),
+        }
         y.into_dyn()
     }
 }

@@ -34,8 +34,9 @@ impl Layer for MaxPool2d {
             .expect("MaxPool2d expects [N, C, H, W]");
         if !ctx.tracks(false) {
             self.cache = None;
-            return pool::max_pool2d_values(x.view(), self.kernel, self.stride, self.padding)
-                .into_dyn();
+            let y = pool::max_pool2d_values(x.view(), self.kernel, self.stride, self.padding);
+            crate::tensor::recycle::give_array(x);
+            return y.into_dyn();
         }
         let (y, arg) = pool::max_pool2d(x.view(), self.kernel, self.stride, self.padding);
         self.cache = Some((arg, x.shape().to_vec()));

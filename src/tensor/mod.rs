@@ -5,6 +5,7 @@ pub mod gemm;
 pub mod geometry;
 pub mod im2col;
 pub mod pool;
+pub mod recycle;
 pub mod winograd;
 
 use ndarray::{Array, Dimension};

@@ -134,7 +134,8 @@ pub fn max_pool2d_values(
         })
         .collect();
     let phase_len = w.div_ceil(stride);
-    let mut out = Array4::<f32>::zeros((n, c, oh, ow));
+    // Every output row is written in full.
+    let mut out: Array4<f32> = super::recycle::take_array((n, c, oh, ow));
     out.as_slice_mut()
         .expect("fresh array")
         .par_chunks_mut((oh * ow).max(1))

@@ -578,7 +578,8 @@ pub fn conv3x3(
     };
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
-    let mut y = Array4::<f32>::zeros((n, w.c_out, out_height, out_width));
+    // Every output value is written by the output transform of its tile.
+    let mut y: Array4<f32> = super::recycle::take_array((n, w.c_out, out_height, out_width));
     if n == 0 || w.c_out == 0 {
         return y;
     }

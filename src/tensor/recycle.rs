@@ -1,0 +1,139 @@
+//! A small pool of large f32 buffers, so that activations of the same sizes, batch after batch,
+//! reuse memory instead of asking the system for fresh pages (which it maps, faults in and zeroes
+//! one 4 KB page at a time, and unmaps again on free: a large share of a layer's time on big
+//! maps).
+//!
+//! Layers give back inputs they are done with ([`give`]) and take their outputs from the pool
+//! ([`take`]). A buffer taken holds arbitrary (initialised) values: only outputs that are written
+//! in full take one. Buffers under [`MIN_BYTES`] are left to the allocator; the pool holds at most
+//! [`MAX_BUFFERS`] buffers and [`MAX_BYTES`] in all, dropping the oldest beyond that.
+
+use std::sync::Mutex;
+
+use ndarray::{Array, Dimension, ShapeBuilder};
+
+/// Smallest buffer worth keeping: 1 MiB.
+pub const MIN_BYTES: usize = 1 << 20;
+/// Most buffers kept.
+pub const MAX_BUFFERS: usize = 8;
+/// Most bytes kept in all: 512 MiB.
+pub const MAX_BYTES: usize = 512 << 20;
+
+/// A set of kept buffers; the layers share [`GLOBAL`] through the free functions.
+pub struct Pool(Mutex<Vec<Vec<f32>>>);
+
+/// The pool the layers share.
+pub static GLOBAL: Pool = Pool::new();
+
+fn bytes(v: &Vec<f32>) -> usize {
+    v.capacity() * std::mem::size_of::<f32>()
+}
+
+impl Pool {
+    /// An empty pool.
+    pub const fn new() -> Self {
+        Pool(Mutex::new(Vec::new()))
+    }
+
+    /// Keeps `v`'s memory for a later [`Pool::take`] (when it is large enough to be worth it).
+    pub fn give(&self, v: Vec<f32>) {
+        if bytes(&v) < MIN_BYTES {
+            return;
+        }
+        let Ok(mut pool) = self.0.lock() else { return };
+        pool.push(v);
+        while pool.len() > MAX_BUFFERS || pool.iter().map(bytes).sum::<usize>() > MAX_BYTES {
+            pool.remove(0);
+        }
+    }
+
+    /// A buffer of `len` values (arbitrary, initialised): a kept one whose capacity is between
+    /// `len` and twice that, or a new one of zeros.
+    pub fn take(&self, len: usize) -> Vec<f32> {
+        if len * std::mem::size_of::<f32>() >= MIN_BYTES {
+            if let Ok(mut pool) = self.0.lock() {
+                if let Some(i) = pool
+                    .iter()
+                    .position(|v| v.capacity() >= len && v.capacity() <= 2 * len)
+                {
+                    let mut v = pool.swap_remove(i);
+                    v.truncate(len);
+                    v.resize(len, 0.0);
+                    return v;
+                }
+            }
+        }
+        vec![0.0; len]
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool::new()
+    }
+}
+
+/// [`Pool::give`] to the shared pool.
+pub fn give(v: Vec<f32>) {
+    GLOBAL.give(v)
+}
+
+/// Gives back the memory of an array that is no longer needed.
+pub fn give_array<D: Dimension>(a: Array<f32, D>) {
+    if a.len() * std::mem::size_of::<f32>() >= MIN_BYTES {
+        let (v, _) = a.into_raw_vec_and_offset();
+        give(v);
+    }
+}
+
+/// [`Pool::take`] from the shared pool.
+pub fn take(len: usize) -> Vec<f32> {
+    GLOBAL.take(len)
+}
+
+/// An array of `shape` in C order for an output that will be written in full (values arbitrary
+/// until then).
+pub fn take_array<Sh: ShapeBuilder>(shape: Sh) -> Array<f32, Sh::Dim>
+where
+    Sh::Dim: Dimension,
+{
+    let shape = shape.into_shape_with_order();
+    let len = shape.raw_dim().size();
+    Array::from_shape_vec(shape, take(len)).expect("length matches the shape")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_come_back_with_the_asked_length_and_small_ones_are_not_kept() {
+        let pool = Pool::new();
+        let n = MIN_BYTES / 4 * 3;
+        let mut a = pool.take(n);
+        assert_eq!(a.len(), n);
+        a.iter_mut().for_each(|v| *v = 7.0);
+        let ptr = a.as_ptr();
+        pool.give(a);
+        // A little smaller: the same memory, cut to the length asked.
+        let b = pool.take(n - 5);
+        assert_eq!(b.len(), n - 5);
+        assert_eq!(b.as_ptr(), ptr);
+        assert!(b.iter().all(|&v| v == 7.0), "values as they were left");
+        pool.give(b);
+        // More than twice smaller: not that buffer.
+        let c = pool.take(n / 3);
+        assert_eq!(c.len(), n / 3);
+        assert_ne!(c.as_ptr(), ptr);
+        // Small buffers are never pooled: always fresh zeros.
+        pool.give(vec![3.0f32; 16]);
+        assert_eq!(pool.take(16), vec![0.0; 16]);
+        // At most MAX_BUFFERS kept: the oldest go first.
+        for _ in 0..MAX_BUFFERS + 2 {
+            pool.give(vec![1.0f32; n]);
+        }
+        assert_eq!(pool.0.lock().unwrap().len(), MAX_BUFFERS);
+        let arr: ndarray::Array3<f32> = take_array((3, n / 3, 1));
+        assert_eq!(arr.shape(), &[3, n / 3, 1]);
+    }
+}
