@@ -36,7 +36,7 @@ use crate::tensor::gemm::{matmul, Threads};
 use crate::tensor::im2col::{col2im_rows, im2col_rows, im2col_rows_into, ConvGeometry};
 use crate::tensor::into_standard;
 use crate::tensor::recycle;
-use crate::tensor::winograd::{conv3x3, WinogradWeights};
+use crate::tensor::winograd::{conv3x3, conv3x3_weight_grad, weight_grad_pays, WinogradWeights};
 
 /// `nn.Conv2d` with a square kernel.
 pub struct Conv2d {
@@ -757,15 +757,36 @@ impl Layer for Conv2d {
             && self.takes_winograd(n, (co, g.channels), (g.height, g.width));
         let want_dx = cache.input_grad && !winograd_dx;
         let mut dx = Array2::<f32>::zeros((if want_dx { n } else { 0 }, per_in));
+        // ∂W by Winograd where the forward pass takes it and it pays.
+        let (input, winograd_dw) = match (input, &cache.input) {
+            (Some(_), Some(x))
+                if self.takes_winograd(n, (g.channels, co), (g.out_height, g.out_width))
+                    && weight_grad_pays(n, (g.channels, co), (g.out_height, g.out_width)) =>
+            {
+                let gy = grad
+                    .view()
+                    .into_shape_with_order((n, co, g.out_height, g.out_width))
+                    .expect("standard layout");
+                let dw = conv3x3_weight_grad(x.view(), gy, self.padding);
+                (
+                    None,
+                    Some(dw.into_shape_with_order((co, rows)).expect("∂W")),
+                )
+            }
+            (input, _) => (input, None),
+        };
         let group = images_per_group(n, cols);
-        let partials = if group > 1 {
+        let mut partials = if group > 1 {
             if want_dx {
                 self.input_grad_grouped(&grad, &g, dx.view_mut(), group);
             }
             vec![input.map(|xs| self.weight_grad_wide(&grad, xs, &g))]
-        } else {
+        } else if input.is_some() || want_dx {
             self.backward_per_image(&grad, input, &g, dx.view_mut(), want_dx)
+        } else {
+            Vec::new()
         };
+        partials.push(winograd_dw);
         if self.weight.trainable() {
             let mut total: Option<Array2<f32>> = None;
             for dw in partials.into_iter().flatten() {
@@ -779,6 +800,7 @@ impl Layer for Conv2d {
                 .into_shape_with_order(self.weight.shape().to_vec())
                 .expect("weight shape");
             self.weight.accumulate_grad(total.view());
+            recycle::give_array(total);
         }
         if winograd_dx {
             let grad = grad
@@ -996,7 +1018,7 @@ mod tests {
     #[test]
     fn winograd_path_matches_a_direct_convolution() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-        for (n, c, co, side, p) in [(2, 64, 96, 30, 1), (3, 64, 64, 23, 0)] {
+        for (n, c, co, side, p) in [(2, 64, 96, 30, 1), (4, 64, 64, 23, 0)] {
             let mut conv = Conv2d::new(c, co, 3, 1, p, true, &mut rng);
             let g = conv.geometry(&[n, c, side, side]);
             let (oh, ow) = (g.out_height, g.out_width);
@@ -1006,6 +1028,7 @@ mod tests {
                     conv.takes_winograd(n, (co, c), (side, side)),
                     "input gradient"
                 );
+                assert!(weight_grad_pays(n, (c, co), (oh, ow)), "weight gradient");
             }
             let x = uniform(&mut rng, &[n, c, side, side], 1.0)
                 .into_dimensionality::<Ix4>()
