@@ -290,6 +290,25 @@ struct Plan {
     row_len: usize,
 }
 
+impl Plan {
+    /// The plan of a 3×3 convolution from `c_in` to `c_out` channels over `height`×`width` maps
+    /// with zero padding `padding` (at least 3×3 once padded).
+    fn new((c_in, c_out): (usize, usize), (height, width): (usize, usize), padding: usize) -> Self {
+        let out_width = width + 2 * padding - 2;
+        let tiles_x = out_width.div_ceil(M_TILE);
+        Plan {
+            c_in,
+            c_out,
+            height,
+            width,
+            padding,
+            out_width,
+            tiles_x,
+            row_len: M_TILE * (tiles_x + 1),
+        }
+    }
+}
+
 /// Tile rows of one image: `(image, tile rows)`.
 type TileRows = (usize, Range<usize>);
 
@@ -582,17 +601,8 @@ pub fn conv3x3(
         "Winograd conv: the input {height}x{width} with padding {padding} is smaller than the kernel"
     );
     let (out_height, out_width) = (height + 2 * padding - 2, width + 2 * padding - 2);
-    let (tiles_y, tiles_x) = (out_height.div_ceil(M_TILE), out_width.div_ceil(M_TILE));
-    let plan = Plan {
-        c_in,
-        c_out: w.c_out,
-        height,
-        width,
-        padding,
-        out_width,
-        tiles_x,
-        row_len: M_TILE * (tiles_x + 1),
-    };
+    let plan = Plan::new((c_in, w.c_out), (height, width), padding);
+    let (tiles_y, tiles_x) = (out_height.div_ceil(M_TILE), plan.tiles_x);
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     // Every output value is written by the output transform of its tile.
@@ -774,17 +784,8 @@ pub fn conv3x3_weight_grad(
         x.shape(),
         gy.shape()
     );
-    let (tiles_y, tiles_x) = (out_height.div_ceil(M_TILE), out_width.div_ceil(M_TILE));
-    let plan = Plan {
-        c_in,
-        c_out,
-        height,
-        width,
-        padding,
-        out_width,
-        tiles_x,
-        row_len: M_TILE * (tiles_x + 1),
-    };
+    let plan = Plan::new((c_in, c_out), (height, width), padding);
+    let (tiles_y, tiles_x) = (out_height.div_ceil(M_TILE), plan.tiles_x);
     let (x, gy) = (x.as_standard_layout(), gy.as_standard_layout());
     let (xs, gs) = (
         x.as_slice().expect("standard layout"),
