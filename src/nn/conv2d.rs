@@ -10,10 +10,15 @@
 //! or images (backward) run in parallel, each product on one thread, when there are enough of
 //! them to keep every thread busy; otherwise they run in turn, each product split across threads.
 //!
+//! Outputs under 256 positions put several images' columns side by side in one product (forward
+//! and `∂x`) and compute `∂W` over the whole batch, split by input channel.
+//!
 //! 3×3, stride-1 convolutions with enough channels and outputs ([`winograd_pays`]) go through
 //! Winograd F(4×4, 3×3) instead ([`crate::tensor::winograd`]), forward and for `∂x` (the
-//! convolution of `g` with the kernel rotated by 180° and its channels swapped, padding `2 − P`);
-//! `∂W` always takes im2col. The Winograd-domain weights are kept in the layer, keyed on a
+//! convolution of `g` with the kernel rotated by 180° and its channels swapped, padding `2 − P`),
+//! and for `∂W` where there are enough tiles ([`weight_grad_pays`]). Inference passes can fold a
+//! following BatchNorm and ReLU into the output pass ([`Layer::forward_then`]). The Winograd-domain
+//! weights are kept in the layer, keyed on a
 //! fingerprint of the weight's values, and rebuilt when those change. The environment variable
 //! `TL_CONV`, read once per process, overrides the choice: `TL_CONV=im2col` forces im2col + GEMM
 //! everywhere, `TL_CONV=winograd` takes Winograd for every 3×3, stride-1 convolution it can run.
@@ -556,7 +561,7 @@ fn images_per_group(n: usize, p: usize) -> usize {
 /// Scratch buffers of one worker of the grouped paths.
 #[derive(Default)]
 struct GroupBuffers {
-    /// One image's column matrix.
+    /// One image's block of the column gradient, contiguous for col2im.
     scratch: Vec<f32>,
     /// The group's column matrix `[C·k·k, group·OH·OW]` (or, backward, its gradient).
     col: Vec<f32>,
