@@ -196,6 +196,18 @@ const FAST: [&str; 10] = [
     "--no-shuffle",
 ];
 
+/// `tl finetune DATA -o CKPT` with the [`FAST`] settings and `extra` flags.
+fn finetune(data: &Path, ckpt: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["finetune", path_str(data), "-o", path_str(ckpt)];
+    args.extend(FAST);
+    args.extend(extra);
+    tl(&args)
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 test path")
+}
+
 #[test]
 fn bad_files_are_skipped_and_reported_and_eval_agrees() {
     let dir = tmpdir("finetune-skip");
@@ -213,17 +225,7 @@ fn bad_files_are_skipped_and_reported_and_eval_agrees() {
     std::fs::write(data.join("circle/truncated.jpg"), &jpeg[..jpeg.len() / 3]).unwrap();
     std::fs::write(data.join("square/notes.png"), "not an image").unwrap();
     let ckpt = dir.join("m.safetensors");
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    let mut args = vec![
-        "finetune".to_string(),
-        s(&data),
-        "-o".into(),
-        s(&ckpt),
-        "--freeze-until".into(),
-        "conv5".into(),
-    ];
-    args.extend(FAST.iter().map(|a| a.to_string()));
-    let out = tl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = finetune(&data, &ckpt, &["--freeze-until", "conv5"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -258,7 +260,13 @@ fn bad_files_are_skipped_and_reported_and_eval_agrees() {
         .take(4)
         .map(|v| v.parse().unwrap())
         .collect();
-    let out = tl(&["eval", &s(&data), "--model", &s(&ckpt), "--json"]);
+    let out = tl(&[
+        "eval",
+        path_str(&data),
+        "--model",
+        path_str(&ckpt),
+        "--json",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -278,9 +286,9 @@ fn bad_files_are_skipped_and_reported_and_eval_agrees() {
     // predict on the checkpoint: its class names and input size.
     let out = tl(&[
         "predict",
-        &s(&data.join("circle/0.png")),
+        path_str(&data.join("circle/0.png")),
         "--model",
-        &s(&ckpt),
+        path_str(&ckpt),
         "--json",
     ]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -292,19 +300,8 @@ fn bad_files_are_skipped_and_reported_and_eval_agrees() {
 #[test]
 fn bad_folders_and_flags_are_clear_errors() {
     let dir = tmpdir("finetune-bad");
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    let out_ckpt = s(&dir.join("m.safetensors"));
-    let run = |data: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "finetune".to_string(),
-            s(data),
-            "-o".into(),
-            out_ckpt.clone(),
-        ];
-        args.extend(FAST.iter().map(|a| a.to_string()));
-        args.extend(extra.iter().map(|a| a.to_string()));
-        tl(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    };
+    let out_ckpt = dir.join("m.safetensors");
+    let run = |data: &Path, extra: &[&str]| finetune(data, &out_ckpt, extra);
     fails_naming(&run(&dir.join("nope"), &[]), &["nope"]);
     let one = dir.join("one");
     write_pngs(&one, "only", 4, 0);
@@ -345,7 +342,6 @@ fn killing_a_run_never_leaves_a_broken_checkpoint() {
     write_pngs(&data, "b", 8, 1);
     let ckpt = dir.join("m.safetensors");
     let last = dir.join("m.last.safetensors");
-    let s = |p: &Path| p.to_str().unwrap().to_string();
     // Each run is killed at a different moment after its first checkpoint, while it keeps
     // rewriting the last checkpoint every epoch; whatever is under the final names must load.
     for delay_ms in [0u64, 7, 23, 61, 150] {
@@ -353,9 +349,9 @@ fn killing_a_run_never_leaves_a_broken_checkpoint() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tl"))
             .args([
                 "finetune",
-                &s(&data),
+                path_str(&data),
                 "-o",
-                &s(&ckpt),
+                path_str(&ckpt),
                 "--epochs",
                 "1000",
                 "--patience",
@@ -400,22 +396,12 @@ fn frozen_feature_cache_trains_as_recomputing_does() {
     let data = dir.join("data");
     write_pngs(&data, "a", 6, 0);
     write_pngs(&data, "b", 6, 1);
-    let s = |p: &Path| p.to_str().unwrap().to_string();
     let mut metrics = Vec::new();
     for (name, extra) in [("cached", None), ("plain", Some("--no-cache"))] {
         let ckpt = dir.join(format!("{name}.safetensors"));
-        let mut args = vec![
-            "finetune".to_string(),
-            s(&data),
-            "-o".into(),
-            s(&ckpt),
-            "--freeze-until".into(),
-            "conv5".into(),
-        ];
-        args.extend(FAST.iter().map(|a| a.to_string()));
-        args.extend(["--augment".to_string(), "none".into()]);
-        args.extend(extra.map(String::from));
-        let out = tl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut flags = vec!["--freeze-until", "conv5", "--augment", "none"];
+        flags.extend(extra);
+        let out = finetune(&data, &ckpt, &flags);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{err}");
         assert_eq!(
@@ -484,17 +470,7 @@ fn output_into_a_new_nested_directory() {
     let out_dir = dir.join("runs").join("deep").join("er");
     assert!(!dir.join("runs").exists());
     let ckpt = out_dir.join("m.safetensors");
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    let mut args = vec![
-        "finetune".to_string(),
-        s(&data),
-        "-o".into(),
-        s(&ckpt),
-        "--freeze-until".into(),
-        "conv5".into(),
-    ];
-    args.extend(FAST.iter().map(|a| a.to_string()));
-    let out = tl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = finetune(&data, &ckpt, &["--freeze-until", "conv5"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{err}");
     for f in ["m.safetensors", "m.last.safetensors", "m.metrics.csv"] {
@@ -519,9 +495,12 @@ fn output_into_a_new_nested_directory() {
     // any training.
     let blocker = dir.join("blocker");
     std::fs::write(&blocker, "a file").unwrap();
-    args[3] = s(&blocker.join("sub").join("m.safetensors"));
-    let out = tl(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    fails_naming(&out, &["-o", &s(&blocker.join("sub"))]);
+    let out = finetune(
+        &data,
+        &blocker.join("sub").join("m.safetensors"),
+        &["--freeze-until", "conv5"],
+    );
+    fails_naming(&out, &["-o", path_str(&blocker.join("sub"))]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("epoch "));
     std::fs::remove_dir_all(&dir).unwrap();
 }
