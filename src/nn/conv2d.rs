@@ -698,16 +698,18 @@ impl Conv2d {
             self.forward_im2col(&x, &g, &epilogue)
         };
         let input_shape = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
-        let keep = track && self.weight.trainable();
-        self.cache = track.then(|| Cache {
+        // ∂W needs the input; otherwise its memory goes back to the pool.
+        let input = if track && self.weight.trainable() {
+            Some(x)
+        } else {
+            recycle::give_array(x);
+            None
+        };
+        self.cache = track.then_some(Cache {
             input_shape,
-            input: None,
+            input,
             input_grad: ctx.input_grad,
         });
-        match &mut self.cache {
-            Some(c) if keep => c.input = Some(x),
-            _ => recycle::give_array(x),
-        }
         y.into_dyn()
     }
 }
@@ -763,8 +765,8 @@ impl Layer for Conv2d {
         let want_dx = cache.input_grad && !winograd_dx;
         let mut dx = Array2::<f32>::zeros((if want_dx { n } else { 0 }, per_in));
         // ∂W by Winograd where the forward pass takes it and it pays.
-        let (input, winograd_dw) = match (input, &cache.input) {
-            (Some(_), Some(x))
+        let (input, winograd_dw) = match &cache.input {
+            Some(x)
                 if self.takes_winograd(n, (g.channels, co), (g.out_height, g.out_width))
                     && weight_grad_pays(n, (g.channels, co), (g.out_height, g.out_width)) =>
             {
@@ -778,7 +780,7 @@ impl Layer for Conv2d {
                     Some(dw.into_shape_with_order((co, rows)).expect("∂W")),
                 )
             }
-            (input, _) => (input, None),
+            _ => (input, None),
         };
         let group = images_per_group(n, cols);
         let mut partials = if group > 1 {
@@ -955,11 +957,23 @@ mod tests {
         (n, c, side, k, s, p): (usize, usize, usize, usize, usize, usize),
     ) {
         let mut conv = Conv2d::new(c, 3, k, s, p, true, rng);
+        assert_layer_matches_direct(&mut conv, rng, n, side);
+    }
+
+    /// Forward, `∂x`, `∂W` and `∂b` of `conv` (with a bias) on `n` random `side`×`side` images
+    /// against [`direct`].
+    fn assert_layer_matches_direct(
+        conv: &mut Conv2d,
+        rng: &mut rand_chacha::ChaCha8Rng,
+        n: usize,
+        side: usize,
+    ) {
+        let (c, co) = (conv.in_channels(), conv.out_channels());
         let g = conv.geometry(&[n, c, side, side]);
         let x = uniform(rng, &[n, c, side, side], 1.0)
             .into_dimensionality::<Ix4>()
             .expect("4-D");
-        let gy = uniform(rng, &[n, 3, g.out_height, g.out_width], 1.0)
+        let gy = uniform(rng, &[n, co, g.out_height, g.out_width], 1.0)
             .into_dimensionality::<Ix4>()
             .expect("4-D");
         let mut ctx = Context::train(rng);
@@ -974,7 +988,7 @@ mod tests {
             .to_owned()
             .into_dimensionality::<Ix4>()
             .expect("4-D");
-        let (ry, rdx, rdw, rdb) = direct(&x, &w, &gy, s, p);
+        let (ry, rdx, rdw, rdb) = direct(&x, &w, &gy, conv.stride, conv.padding);
         let bias: Vec<f64> = conv
             .bias
             .as_ref()
@@ -987,7 +1001,7 @@ mod tests {
         close(
             "y",
             y.as_slice().expect("contiguous"),
-            ry.iter().enumerate().map(|(i, v)| v + bias[(i / per) % 3]),
+            ry.iter().enumerate().map(|(i, v)| v + bias[(i / per) % co]),
         );
         close(
             "dx",
@@ -1035,54 +1049,7 @@ mod tests {
                 );
                 assert!(weight_grad_pays(n, (c, co), (oh, ow)), "weight gradient");
             }
-            let x = uniform(&mut rng, &[n, c, side, side], 1.0)
-                .into_dimensionality::<Ix4>()
-                .expect("4-D");
-            let gy = uniform(&mut rng, &[n, co, oh, ow], 1.0)
-                .into_dimensionality::<Ix4>()
-                .expect("4-D");
-            let mut ctx = Context::train(&mut rng);
-            ctx.input_grad = true;
-            let y = conv.forward(x.clone().into_dyn(), &mut ctx);
-            let dx = conv
-                .backward(gy.clone().into_dyn())
-                .expect("input gradient");
-            let w = conv
-                .weight
-                .value()
-                .to_owned()
-                .into_dimensionality::<Ix4>()
-                .expect("4-D");
-            let (ry, rdx, rdw, _) = direct(&x, &w, &gy, 1, p);
-            let bias: Vec<f64> = conv
-                .bias
-                .as_ref()
-                .expect("bias")
-                .value()
-                .iter()
-                .map(|&v| v as f64)
-                .collect();
-            let per = oh * ow;
-            close(
-                "y",
-                y.as_slice().expect("contiguous"),
-                ry.iter().enumerate().map(|(i, v)| v + bias[(i / per) % co]),
-            );
-            close(
-                "dx",
-                dx.as_slice().expect("contiguous"),
-                rdx.iter().copied(),
-            );
-            close(
-                "dW",
-                conv.weight
-                    .grad
-                    .as_ref()
-                    .expect("dW")
-                    .as_slice()
-                    .expect("contiguous"),
-                rdw.iter().copied(),
-            );
+            assert_layer_matches_direct(&mut conv, &mut rng, n, side);
         }
     }
 

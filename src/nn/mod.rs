@@ -155,18 +155,14 @@ pub trait Layer: Send + Sync {
         relu: bool,
     ) -> ArrayD<f32> {
         let mut y = self.forward(x, ctx);
-        let epilogue = crate::tensor::epilogue::Epilogue::default().then_affine(scale, shift, relu);
-        for mut image in y.outer_iter_mut() {
-            let c = image.shape().first().copied().unwrap_or(1);
-            let rest = image.len() / c.max(1);
-            let image = image
-                .as_slice_mut()
-                .expect("standard layout output")
-                .chunks_exact_mut(rest.max(1));
-            for (ci, row) in image.enumerate() {
-                let k = epilogue.channel(ci);
-                row.iter_mut().for_each(|v| *v = epilogue.apply(k, *v));
-            }
+        for ((mut channel, &a), &b) in y.axis_iter_mut(ndarray::Axis(1)).zip(scale).zip(shift) {
+            channel.mapv_inplace(|v| {
+                if relu {
+                    (a * v + b).max(0.0)
+                } else {
+                    a * v + b
+                }
+            });
         }
         y
     }

@@ -20,6 +20,27 @@ pub fn output_size(n: usize, kernel: usize, stride: usize, padding: usize) -> us
     (n + 2 * padding - kernel) / stride + 1
 }
 
+/// The outputs `lo..hi` (of `out`) along a side of `n` inputs whose input `o·S + kk − P`, for
+/// kernel offset `kk`, lies inside `[0, n)`; `lo == hi` when there is none.
+pub fn valid_outputs(
+    n: usize,
+    out: usize,
+    kk: usize,
+    stride: usize,
+    padding: usize,
+) -> (usize, usize) {
+    let (s, p) = (stride as isize, padding as isize);
+    let off = kk as isize - p;
+    // o·s + off >= 0  =>  o >= ceil(-off / s)
+    let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
+    // o·s + off <= n - 1  =>  o <= floor((n - 1 - off) / s)
+    let hi_num = n as isize - 1 - off;
+    let hi = if hi_num < 0 { -1 } else { hi_num / s };
+    let lo = lo.min(out as isize) as usize;
+    let hi = (hi + 1).clamp(lo as isize, out as isize) as usize;
+    (lo, hi)
+}
+
 /// Output side under the strict rule: the stride must divide `n + 2P - k`.
 ///
 /// # Errors

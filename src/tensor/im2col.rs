@@ -8,6 +8,8 @@
 
 use std::ops::Range;
 
+use super::phases::PhasedRow;
+
 /// The geometry of one convolution over one image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeometry {
@@ -64,16 +66,7 @@ impl ConvGeometry {
     /// The range of output positions `o` along a side of length `n` whose input position
     /// `o·S + kk − P` lies inside `[0, n)`.
     fn valid_range(&self, n: usize, out: usize, kk: usize) -> (usize, usize) {
-        let (s, p) = (self.stride as isize, self.padding as isize);
-        let off = kk as isize - p;
-        // o·s + off >= 0  =>  o >= ceil(-off / s)
-        let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
-        // o·s + off <= n - 1  =>  o <= floor((n - 1 - off) / s)
-        let hi_num = n as isize - 1 - off;
-        let hi = if hi_num < 0 { -1 } else { hi_num / s };
-        let lo = lo.min(out as isize) as usize;
-        let hi = (hi + 1).clamp(lo as isize, out as isize) as usize;
-        (lo, hi)
+        super::geometry::valid_outputs(n, out, kk, self.stride, self.padding)
     }
 }
 
@@ -163,10 +156,7 @@ fn im2col_rows_phased(
     let (h, w, k, s) = (g.height, g.width, g.kernel, g.stride);
     let ow = g.out_width;
     let (oy0, oy1) = (out_rows.start, out_rows.end);
-    let p = g.padding as isize;
-    let phase_len = w.div_ceil(s);
-    let mut phases = vec![0.0f32; s * phase_len];
-    let columns: Vec<(usize, usize)> = (0..k).map(|kj| g.valid_range(w, ow, kj)).collect();
+    let mut phased = PhasedRow::new(w, ow, k, s, g.padding);
     for c in 0..g.channels {
         let plane = &x[c * h * w..(c + 1) * h * w];
         for ki in 0..k {
@@ -180,32 +170,14 @@ fn im2col_rows_phased(
                     }
                     continue;
                 }
-                let iy = ((oy * s + ki) as isize - p) as usize;
-                let src = &plane[iy * w..(iy + 1) * w];
-                for (r, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
-                    for (d, v) in phase.iter_mut().zip(src.iter().skip(r).step_by(s)) {
-                        *d = *v;
-                    }
-                }
+                let iy = (oy * s + ki) - g.padding;
+                phased.split(&plane[iy * w..(iy + 1) * w]);
                 for (kj, row) in rows.clone().enumerate() {
                     let out_row = &mut col[row * ld + at..row * ld + at + ow];
-                    let (x_lo, x_hi) = columns[kj];
-                    if x_hi <= x_lo {
-                        out_row.fill(0.0);
-                        continue;
-                    }
-                    out_row[..x_lo].fill(0.0);
-                    out_row[x_hi..].fill(0.0);
-                    // Input column `ox·S + kj − P` is phase `r`, index `ox + q`, where
-                    // `kj − P = q·S + r` with `0 ≤ r < S`.
-                    let off = kj as isize - p;
-                    let (q, r) = (
-                        off.div_euclid(s as isize),
-                        off.rem_euclid(s as isize) as usize,
-                    );
-                    let start = (x_lo as isize + q) as usize;
-                    let phase = &phases[r * phase_len..(r + 1) * phase_len];
-                    out_row[x_lo..x_hi].copy_from_slice(&phase[start..start + (x_hi - x_lo)]);
+                    let (outputs, inputs) = phased.tap(kj);
+                    out_row[..outputs.start].fill(0.0);
+                    out_row[outputs.end..].fill(0.0);
+                    out_row[outputs].copy_from_slice(inputs);
                 }
             }
         }

@@ -4,6 +4,7 @@ pub mod epilogue;
 pub mod gemm;
 pub mod geometry;
 pub mod im2col;
+pub mod phases;
 pub mod pool;
 pub mod recycle;
 pub mod winograd;

@@ -12,6 +12,7 @@ use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
 
 use super::geometry::output_size;
+use super::phases::PhasedRow;
 
 fn planes(shape: &[usize]) -> (usize, usize, usize, usize) {
     (shape[0], shape[1], shape[2], shape[3])
@@ -115,25 +116,6 @@ pub fn max_pool2d_values(
     let [n, c, h, w, oh, ow] = max_pool_shape(x.shape(), kernel, stride, padding);
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
-    // Kernel column `kj` reads input column `ox·S + kj − P`: stride phase `r`, index `ox + q`
-    // (`kj − P = q·S + r`), for the outputs `ox` in `lo..hi` where that column exists.
-    let taps: Vec<(usize, isize, usize, usize)> = (0..kernel)
-        .map(|kj| {
-            let off = kj as isize - padding as isize;
-            let (q, r) = (
-                off.div_euclid(stride as isize),
-                off.rem_euclid(stride as isize),
-            );
-            let lo = (0..ow)
-                .find(|&o| (o * stride) as isize + off >= 0)
-                .unwrap_or(ow);
-            let hi = (lo..ow)
-                .find(|&o| (o * stride) as isize + off >= w as isize)
-                .unwrap_or(ow);
-            (r as usize, q, lo, hi)
-        })
-        .collect();
-    let phase_len = w.div_ceil(stride);
     // Every output row is written in full.
     let mut out: Array4<f32> = super::recycle::take_array((n, c, oh, ow));
     out.as_slice_mut()
@@ -141,29 +123,18 @@ pub fn max_pool2d_values(
         .par_chunks_mut((oh * ow).max(1))
         .enumerate()
         .for_each_init(
-            || (vec![0.0f32; stride * phase_len], Vec::new()),
-            |(phases, rows), (plane, o)| {
+            || (PhasedRow::new(w, ow, kernel, stride, padding), Vec::new()),
+            |(phased, rows), (plane, o)| {
                 let src = &xs[plane * h * w..(plane + 1) * h * w];
                 rows.clear();
                 rows.resize(h * ow, f32::NEG_INFINITY);
                 // Each row's horizontal window maxima, a kernel column at a time over
                 // contiguous slices of the row's stride phases.
                 for (line, hrow) in src.chunks_exact(w).zip(rows.chunks_exact_mut(ow)) {
-                    let phases: &[f32] = if stride == 1 {
-                        line
-                    } else {
-                        for (r, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
-                            for (d, v) in phase.iter_mut().zip(line.iter().skip(r).step_by(stride))
-                            {
-                                *d = *v;
-                            }
-                        }
-                        phases
-                    };
-                    for &(r, q, lo, hi) in &taps {
-                        let start = r * phase_len + (lo as isize + q) as usize;
-                        let from = &phases[start..start + (hi - lo)];
-                        for (d, &v) in hrow[lo..hi].iter_mut().zip(from) {
+                    phased.split(line);
+                    for kj in 0..kernel {
+                        let (outputs, inputs) = phased.tap(kj);
+                        for (d, &v) in hrow[outputs].iter_mut().zip(inputs) {
                             *d = max_nan(*d, v);
                         }
                     }
