@@ -311,7 +311,6 @@ impl Conv2d {
         mut dx: ArrayViewMut2<'_, f32>,
         group: usize,
     ) {
-        let co = self.out_channels();
         let (rows, p) = (g.col_rows(), g.col_cols());
         let w = self.weight_matrix();
         let jobs: Vec<_> = dx
@@ -324,17 +323,11 @@ impl Conv2d {
                    threads| {
             let images = first..first + dxc.shape()[0];
             let width = images.len() * p;
-            bufs.out.resize(co * width, 0.0);
-            let mut gb =
-                ArrayViewMut2::from_shape((co, width), &mut bufs.out[..]).expect("group shape");
-            for (j, i) in images.enumerate() {
-                gb.slice_mut(s![.., j * p..(j + 1) * p])
-                    .assign(&grad.index_axis(Axis(0), i));
-            }
+            let gb = group_gradients(grad, images, &mut bufs.out);
             bufs.col.resize(rows * width, 0.0);
             let mut dcol =
                 ArrayViewMut2::from_shape((rows, width), &mut bufs.col[..]).expect("group shape");
-            matmul(w.t(), gb.view(), dcol.view_mut(), false, threads);
+            matmul(w.t(), gb, dcol.view_mut(), false, threads);
             for (j, mut dxi) in dxc.outer_iter_mut().enumerate() {
                 let block = dcol.slice(s![.., j * p..(j + 1) * p]);
                 let dxi = dxi.as_slice_mut().expect("contiguous row");
@@ -360,10 +353,8 @@ impl Conv2d {
     fn weight_grad_wide(&self, grad: &Array3<f32>, xs: &[f32], g: &ConvGeometry) -> Array2<f32> {
         let (n, co, p) = grad.dim();
         let width = n * p;
-        let mut gall = Array2::<f32>::zeros((co, width));
-        for (i, gi) in grad.outer_iter().enumerate() {
-            gall.slice_mut(s![.., i * p..(i + 1) * p]).assign(&gi);
-        }
+        let mut buf = Vec::new();
+        let gall = group_gradients(grad, 0..n, &mut buf);
         let k2 = g.kernel * g.kernel;
         let per_channel = k2 * width * std::mem::size_of::<f32>();
         let threads = rayon::current_num_threads().max(1);
@@ -373,12 +364,12 @@ impl Conv2d {
             .div_ceil(threads)
             * threads;
         let per_piece = g.channels.div_ceil(pieces.min(g.channels).max(1));
-        let mut dw = Array2::<f32>::zeros((co, g.col_rows()));
+        // Every piece's columns are written by its product.
+        let mut dw: Array2<f32> = recycle::take_array((co, g.col_rows()));
         let jobs: Vec<_> = dw
             .axis_chunks_iter_mut(Axis(1), per_piece * k2)
             .enumerate()
             .collect();
-        let gall = gall.view();
         run_jobs(
             jobs,
             1,
@@ -596,6 +587,24 @@ fn group_columns<'a>(
         im2col_rows_into(x, &sub, 0..g.out_height, &mut buf[j * p..], width);
     }
     ArrayView2::from_shape((k, width), &buf[..]).expect("group shape")
+}
+
+/// The output gradients of `images` (`grad` `[N, C_out, OH·OW]`), side by side:
+/// `[C_out, images·OH·OW]` in `buf`.
+fn group_gradients<'a>(
+    grad: &Array3<f32>,
+    images: Range<usize>,
+    buf: &'a mut Vec<f32>,
+) -> ArrayView2<'a, f32> {
+    let (co, p) = (grad.shape()[1], grad.shape()[2]);
+    let width = images.len() * p;
+    buf.resize(co * width, 0.0);
+    let mut dst = ArrayViewMut2::from_shape((co, width), &mut buf[..]).expect("group shape");
+    for (j, i) in images.enumerate() {
+        dst.slice_mut(s![.., j * p..(j + 1) * p])
+            .assign(&grad.index_axis(Axis(0), i));
+    }
+    ArrayView2::from_shape((co, width), &buf[..]).expect("group shape")
 }
 
 /// Whether `jobs` independent jobs should run in parallel (each product on one thread) rather
