@@ -19,6 +19,7 @@ pub use init::Init;
 pub use open::open;
 
 use crate::error::{Error, Result};
+use crate::nn::param::Snapshot;
 use crate::nn::{Context, Layer, Param, ParamKind, Sequential};
 use crate::weights::{load_into, save_atomic, LoadReport, WeightFile};
 
@@ -26,6 +27,29 @@ use crate::weights::{load_into, save_atomic, LoadReport, WeightFile};
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet normalisation standard deviation (RGB).
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// A model's checkpoint taken by [`Model::checkpoint`]: every parameter and buffer by name, and
+/// the contract's metadata.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub tensors: Vec<(String, Snapshot)>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Writes the checkpoint to `path` atomically, as [`Model::save_checkpoint`] does.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(name, t)| (name.clone(), t.view()))
+            .collect();
+        save_atomic(path, tensors, self.metadata.clone())
+    }
+}
 
 /// One top-level piece of a model: torchvision module name, stage, layer.
 pub struct Unit {
@@ -593,6 +617,19 @@ impl Model {
             tensors.push((name.to_string(), p.value()))
         });
         save_atomic(path, tensors, self.checkpoint_metadata(training))
+    }
+
+    /// What [`Model::save_checkpoint`] would write now, owned, to be saved later or on another
+    /// thread with [`Checkpoint::save`].
+    pub fn checkpoint(&self, training: &str) -> Checkpoint {
+        let mut tensors = Vec::new();
+        self.net.visit("", &mut |name, p| {
+            tensors.push((name.to_string(), p.snapshot()))
+        });
+        Checkpoint {
+            tensors,
+            metadata: self.checkpoint_metadata(training),
+        }
     }
 
     /// Rebuilds a model from a tl checkpoint (architecture, cut, head and classes from its

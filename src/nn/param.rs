@@ -52,6 +52,31 @@ enum Storage {
     Mapped { data: MappedF32, shape: Vec<usize> },
 }
 
+impl Storage {
+    fn view(&self) -> ArrayViewD<'_, f32> {
+        match self {
+            Storage::Owned(a) => a.view(),
+            Storage::Mapped { data, shape } => {
+                ArrayViewD::from_shape(IxDyn(shape), data.as_slice())
+                    .expect("mapped length checked")
+            }
+        }
+    }
+}
+
+/// A parameter's value at one moment, owned, so it can be written out on another thread while
+/// training goes on: an owned value is copied, a memory-mapped one shares the map (weight files
+/// are only ever replaced by a rename, so the mapped bytes do not change).
+#[derive(Clone, Debug)]
+pub struct Snapshot(Storage);
+
+impl Snapshot {
+    /// The values.
+    pub fn view(&self) -> ArrayViewD<'_, f32> {
+        self.0.view()
+    }
+}
+
 /// One named tensor of a layer.
 #[derive(Clone, Debug)]
 pub struct Param {
@@ -113,13 +138,12 @@ impl Param {
 
     /// The value, wherever it lives.
     pub fn value(&self) -> ArrayViewD<'_, f32> {
-        match &self.storage {
-            Storage::Owned(a) => a.view(),
-            Storage::Mapped { data, shape } => {
-                ArrayViewD::from_shape(IxDyn(shape), data.as_slice())
-                    .expect("mapped length checked")
-            }
-        }
+        self.storage.view()
+    }
+
+    /// The value as it is now, for writing elsewhere later (see [`Snapshot`]).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot(self.storage.clone())
     }
 
     /// The value for writing; a memory-mapped value is copied out of the map first.

@@ -71,8 +71,8 @@ pub struct Timings {
     pub decode: f32,
     /// Running the frozen prefix over every image for the frozen-feature cache (0 without one).
     pub cache: f32,
-    /// Everything in [`fit`]: the epochs, writing checkpoints and metrics after each, restoring
-    /// the best weights at the end.
+    /// Everything in [`fit`]: the epochs, the checkpoint writes they did not hide, restoring the
+    /// best weights at the end.
     pub fit: f32,
     /// The epochs this call trained (resumed ones not counted).
     pub epochs: usize,
@@ -81,8 +81,11 @@ pub struct Timings {
 }
 
 impl Timings {
-    /// Seconds in [`fit`] outside the epochs: writing checkpoints, the optimizer state and the
-    /// metrics, restoring the best weights.
+    /// Seconds in [`fit`] outside the epochs. An epoch's checkpoints, optimizer state and metrics
+    /// are written on a background thread while the next epoch trains, so this counts only what
+    /// the writes add to the wall time: copying the weights and the optimizer state for the
+    /// writer after each epoch, waiting for a write the next epoch did not outlast and for the
+    /// last one, and restoring the best weights.
     pub fn checkpoints(&self) -> f32 {
         (self.fit - self.epoch_seconds).max(0.0)
     }

@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod optimizer;
 pub mod regularization;
 pub mod trainer;
+mod writer;
 
 pub use early_stopping::EarlyStopping;
 pub use finetune::{finetune, FinetuneObserver, FinetuneOptions, FinetuneReport, Timings};

@@ -1,0 +1,160 @@
+//! The files of each epoch, written on a background thread while the next epoch trains.
+//!
+//! At the end of an epoch the training thread takes an [`EpochSnapshot`] (owned copies of the
+//! weights and the optimizer state, the history) and hands it to the [`CheckpointWriter`]. At most
+//! one snapshot is in flight: the next one is taken only after it is written, so the files are
+//! written in epoch order and memory holds one snapshot.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+
+use ndarray::ArrayD;
+
+use super::trainer::{EpochRecord, RunFiles};
+use crate::error::Result;
+use crate::models::Checkpoint;
+use crate::weights::{link_atomic, save_atomic, write_atomic};
+
+/// What one epoch writes.
+pub(super) struct EpochSnapshot {
+    /// The model after the epoch, the run's summary in its metadata.
+    pub checkpoint: Checkpoint,
+    /// Whether the epoch is the new best.
+    pub best: bool,
+    /// The optimizer state ([`super::trainer::AnyOptimizer::state_tensors`]).
+    pub optimizer: Vec<(String, ArrayD<f32>)>,
+    /// Every epoch so far, for the metrics CSV.
+    pub history: Vec<EpochRecord>,
+}
+
+impl EpochSnapshot {
+    /// Writes, in this order and each atomically: the checkpoint to `files.best` with
+    /// `files.last` linked to it for a best epoch, else to `files.last`; the optimizer state; the
+    /// metrics CSV.
+    ///
+    /// # Errors
+    /// [`crate::Error::Io`] naming the file; the files after it are not written.
+    pub fn write(&self, files: &RunFiles) -> Result<()> {
+        if self.best {
+            self.checkpoint.save(&files.best)?;
+            // The last epoch is the best one: the same bytes under the second name.
+            link_atomic(&files.best, &files.last)?;
+        } else {
+            self.checkpoint.save(&files.last)?;
+        }
+        save_atomic(
+            &files.optim,
+            self.optimizer
+                .iter()
+                .map(|(n, a)| (n.clone(), a.view()))
+                .collect(),
+            HashMap::new(),
+        )?;
+        write_metrics(&files.metrics, &self.history)
+    }
+}
+
+fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
+    write_atomic(path, |w| {
+        writeln!(
+            w,
+            "epoch,train_loss,train_acc,val_loss,val_acc,seconds,best"
+        )?;
+        for r in history {
+            writeln!(
+                w,
+                "{},{},{},{},{},{:.3},{}",
+                r.epoch, r.train_loss, r.train_acc, r.val_loss, r.val_acc, r.seconds, r.best
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// A thread that writes [`EpochSnapshot`]s to a run's files, one at a time.
+///
+/// Dropping the writer waits for the snapshot in flight and discards its result: that happens
+/// when the caller is returning another error, which is the one to report.
+pub(super) struct CheckpointWriter {
+    /// Closed on drop, which ends the thread.
+    queue: Option<Sender<EpochSnapshot>>,
+    results: Receiver<Result<()>>,
+    thread: Option<JoinHandle<()>>,
+    in_flight: bool,
+}
+
+impl CheckpointWriter {
+    /// Starts the thread that writes to `files`.
+    pub fn start(files: RunFiles) -> Self {
+        let (queue, jobs) = mpsc::channel::<EpochSnapshot>();
+        let (done, results) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            for job in jobs {
+                let _ = done.send(job.write(&files));
+            }
+        });
+        CheckpointWriter {
+            queue: Some(queue),
+            results,
+            thread: Some(thread),
+            in_flight: false,
+        }
+    }
+
+    /// Waits until the snapshot in flight, if any, is written.
+    ///
+    /// # Errors
+    /// Its error: [`crate::Error::Io`] naming the file.
+    pub fn wait(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.in_flight) {
+            return Ok(());
+        }
+        match self.results.recv() {
+            Ok(written) => written,
+            // The thread ended without an answer: it panicked, and so does the caller.
+            Err(_) => match self.thread.take().map(JoinHandle::join) {
+                Some(Err(panic)) => std::panic::resume_unwind(panic),
+                _ => unreachable!("the writer thread answers every snapshot"),
+            },
+        }
+    }
+
+    /// Waits for the snapshot in flight (see [`CheckpointWriter::wait`]), then hands `snapshot`
+    /// to the thread.
+    ///
+    /// # Errors
+    /// The error of the snapshot in flight; `snapshot` is then not written.
+    pub fn submit(&mut self, snapshot: EpochSnapshot) -> Result<()> {
+        self.wait()?;
+        self.queue
+            .as_ref()
+            .and_then(|q| q.send(snapshot).ok())
+            .expect("the writer thread runs until the writer is dropped");
+        self.in_flight = true;
+        Ok(())
+    }
+
+    /// Waits for the snapshot in flight and stops the thread.
+    ///
+    /// # Errors
+    /// As [`CheckpointWriter::wait`].
+    pub fn finish(mut self) -> Result<()> {
+        self.wait()
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(thread) = self.thread.take() {
+            if let Err(panic) = thread.join() {
+                if !std::thread::panicking() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        }
+    }
+}
