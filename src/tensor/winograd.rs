@@ -32,7 +32,9 @@
 //! Tiles are processed in blocks of whole tile rows (possibly spanning images) holding `T_b` =
 //! 64 to 128 tiles (fewer when there are too few to keep every thread busy), so that a block's `V`
 //! and `M` (`36 × C × T_b` each) stay in cache; blocks run in parallel, each on one thread with
-//! its own scratch buffers. Within a block, tile `t` is the
+//! its own scratch buffers. When the batch has few tiles (under 128 per thread), the blocks instead
+//! transform into one `[36, C, T]` for the whole batch, and the 36 products run in parallel over
+//! the positions with all the tiles as their width. Within a block, tile `t` is the
 //! `t`-th tile in (image, tile row, tile column) order, column `t` of every `V[ξ]` and `M[ξ]`, and
 //! the transforms run across the block's tiles with unit stride:
 //! - input, per channel: `Bᵀ` down the 6 input rows of each tile row, for all its columns at once;
@@ -41,10 +43,17 @@
 //! - output, per channel: `Aᵀ` down and `A` across, for all the tiles of the block at once; then
 //!   the 4×4 tiles are interleaved into the output rows through the [`Epilogue`] (bias, a folded
 //!   BatchNorm, an optional ReLU).
+//!
+//! Backward ([`conv3x3_backward`]) runs the transposes of these steps: the output gradient's tiles
+//! `M̄ = A·Ȳ·Aᵀ`, then `∂x` from `V̄[ξ] = U[ξ]ᵀ·M̄[ξ]` with the forward pass's `U` (`B·V̄·Bᵀ` per
+//! tile, summed where the 6×6 input patches overlap) and `∂W = Gᵀ·(M̄[ξ]·V[ξ]ᵀ)·G`.
 
 use std::ops::Range;
 
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis};
+use ndarray::{
+    s, Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut2, ArrayViewMut3,
+    Axis,
+};
 use rayon::prelude::*;
 
 use super::epilogue::Epilogue;
@@ -153,19 +162,6 @@ impl WinogradWeights {
         w
     }
 
-    /// The transform of the kernel that computes a convolution's input gradient:
-    /// `g'[c, o, i, j] = g[o, c, 2 − i, 2 − j]` (channels swapped, kernel rotated by 180°). The
-    /// input gradient of a 3×3, stride-1 convolution with padding `p` is the convolution of the
-    /// output gradient with `g'` and padding `2 − p`.
-    ///
-    /// # Panics
-    /// Panics if the kernel is not 3×3.
-    pub fn for_input_grad(weight: ArrayView4<'_, f32>) -> Self {
-        let mut w = Self::empty();
-        w.set_for_input_grad(weight);
-        w
-    }
-
     /// Replaces the transform by that of `weight`, as [`WinogradWeights::new`], in the same
     /// memory when the channel counts are unchanged.
     ///
@@ -176,25 +172,6 @@ impl WinogradWeights {
         let weight = weight.as_standard_layout();
         let g = weight.as_slice().expect("standard layout");
         self.fill(c_out, c_in, |pair| std::array::from_fn(|k| g[pair * 9 + k]));
-    }
-
-    /// Replaces the transform by that of the input-gradient kernel of `weight`, as
-    /// [`WinogradWeights::for_input_grad`], in the same memory when the channel counts are
-    /// unchanged.
-    ///
-    /// # Panics
-    /// Panics if the kernel is not 3×3.
-    pub fn set_for_input_grad(&mut self, weight: ArrayView4<'_, f32>) {
-        let (c_out, c_in) = channels(&weight);
-        let weight = weight.as_standard_layout();
-        let g = weight.as_slice().expect("standard layout");
-        // Pair (c, o) of the new kernel is kernel (o, c) of the old one, rotated: value
-        // 3·i + j ← 3·(2 − i) + (2 − j) = 8 − (3·i + j).
-        self.fill(c_in, c_out, |pair| {
-            let (c, o) = (pair / c_out, pair % c_out);
-            let k = &g[(o * c_in + c) * 9..(o * c_in + c + 1) * 9];
-            std::array::from_fn(|v| k[8 - v])
-        });
     }
 
     fn empty() -> Self {
@@ -319,18 +296,14 @@ struct Piece<'a> {
     out: ArrayViewMut3<'a, f32>,
 }
 
-/// A batch of tile rows transformed and multiplied together.
+/// A batch of tile rows transformed together.
 struct Block<'a> {
     pieces: Vec<Piece<'a>>,
     tiles: usize,
 }
 
-/// Per-thread buffers, sized for the largest block (`T_b` tiles).
-struct Scratch {
-    /// `V`: `[36, C_in, T_b]`.
-    v: Vec<f32>,
-    /// `M`: `[36, C_out, T_b]`.
-    m: Vec<f32>,
+/// The small per-thread buffers of the transforms, sized for the largest block (`T_b` tiles).
+struct Work {
     /// A zero input row (`W` values), read for input rows outside the image.
     zeros: Vec<f32>,
     /// `Bᵀ` down the six input rows of one tile row: `[6, row_len]`.
@@ -341,20 +314,39 @@ struct Scratch {
     half: Vec<f32>,
     /// The output tiles of one channel: `[4 (row), 4 (column), T_b]`.
     out: Vec<f32>,
+    /// The six input rows of one tile row, summed from `∂x`'s windows: `[6, W]`.
+    sums: Vec<f32>,
 }
 
-impl Scratch {
-    /// Buffers for blocks of up to `tiles` tiles; `v` and `m` (the large ones, written in full
-    /// before they are read) come from the recycled pool and go back to it on drop.
+impl Work {
     fn new(plan: &Plan, tiles: usize) -> Self {
-        Scratch {
-            v: recycle::take(POSITIONS * plan.c_in * tiles),
-            m: recycle::take(POSITIONS * plan.c_out * tiles),
+        Work {
             zeros: vec![0.0; plan.width],
             cols: vec![0.0; ALPHA * plan.row_len],
             windows: vec![0.0; POSITIONS * tiles],
             half: vec![0.0; M_TILE * ALPHA * tiles],
             out: vec![0.0; M_TILE * M_TILE * tiles],
+            sums: vec![0.0; ALPHA * plan.width],
+        }
+    }
+}
+
+/// Per-thread buffers of a block that is transformed and multiplied on one thread: its `V`
+/// `[36, C_in, T_b]` and `M` `[36, C_out, T_b]` (from the recycled pool, back to it on drop).
+struct Scratch {
+    v: Vec<f32>,
+    m: Vec<f32>,
+    work: Work,
+}
+
+impl Scratch {
+    /// Buffers for blocks of up to `tiles` tiles; `v` and `m` are written in full before they
+    /// are read.
+    fn new(plan: &Plan, tiles: usize) -> Self {
+        Scratch {
+            v: recycle::take(POSITIONS * plan.c_in * tiles),
+            m: recycle::take(POSITIONS * plan.c_out * tiles),
+            work: Work::new(plan, tiles),
         }
     }
 }
@@ -364,6 +356,38 @@ impl Drop for Scratch {
         recycle::give(std::mem::take(&mut self.v));
         recycle::give(std::mem::take(&mut self.m));
     }
+}
+
+/// Winograd-domain tiles: the 36 matrices `[C, T]` of positions `ξ` as `[36, C, T]`, tile `t` in
+/// column `t`, each row contiguous. A block's tiles are either a buffer of its own or a window
+/// of columns of the whole batch's.
+type TilesMut<'a> = ArrayViewMut3<'a, f32>;
+type Tiles<'a> = ArrayView3<'a, f32>;
+
+/// Rows `(ξ, c)` for `ξ = first .. first + K` of `tiles`.
+#[inline(always)]
+fn rows_mut<'a, const K: usize>(
+    tiles: &'a mut TilesMut<'_>,
+    first: usize,
+    c: usize,
+) -> [&'a mut [f32]; K] {
+    let mut rest = Some(tiles.slice_mut(s![first..first + K, c, ..]));
+    std::array::from_fn(|_| {
+        let (head, tail) = rest.take().expect("K rows").split_at(Axis(0), 1);
+        rest = Some(tail);
+        head.index_axis_move(Axis(0), 0)
+            .into_slice()
+            .expect("contiguous tile row")
+    })
+}
+
+/// Row `(ξ, c)` of `tiles`.
+#[inline(always)]
+fn row<'a>(tiles: Tiles<'a>, xi: usize, c: usize) -> &'a [f32] {
+    tiles
+        .slice_move(s![xi, c, ..])
+        .to_slice()
+        .expect("contiguous tile row")
 }
 
 /// `out[·][k] = f(inp[·][k])` for `k < n`: one 1-D transform per lane, the lanes contiguous.
@@ -397,9 +421,8 @@ fn chunks<const K: usize>(buf: &[f32], first: usize, len: usize) -> [&[f32]; K] 
     std::array::from_fn(|k| &buf[(first + k) * len..(first + k + 1) * len])
 }
 
-/// The Winograd-domain tiles `V` of one block: `s.v` `[36, C_in, T_b]`, tile `t` of the block
-/// in column `t`.
-fn input_transform(plan: &Plan, x: &[f32], pieces: &[TileRows], tb: usize, s: &mut Scratch) {
+/// The Winograd-domain tiles `V` `[36, C_in, T_b]` of one block's tile rows `pieces`.
+fn input_transform(plan: &Plan, x: &[f32], pieces: &[TileRows], w: &mut Work, mut v: TilesMut<'_>) {
     let Plan {
         c_in,
         height,
@@ -409,6 +432,7 @@ fn input_transform(plan: &Plan, x: &[f32], pieces: &[TileRows], tb: usize, s: &m
         row_len,
         ..
     } = *plan;
+    let tb = v.dim().2;
     let plane_len = height * width;
     for c in 0..c_in {
         let mut first = 0;
@@ -421,23 +445,23 @@ fn input_transform(plan: &Plan, x: &[f32], pieces: &[TileRows], tb: usize, s: &m
                 let rows: [&[f32]; ALPHA] =
                     std::array::from_fn(|i| match (M_TILE * ty + i).checked_sub(padding) {
                         Some(r) if r < height => &plane[r * width..(r + 1) * width],
-                        _ => &s.zeros[..],
+                        _ => &w.zeros[..],
                     });
-                let cols = chunks_mut::<ALPHA>(&mut s.cols, 0, row_len).map(|col| {
+                let cols = chunks_mut::<ALPHA>(&mut w.cols, 0, row_len).map(|col| {
                     col[..padding].fill(0.0);
                     col[padding + width..].fill(0.0);
                     &mut col[padding..padding + width]
                 });
                 lanes(width, rows, cols, bt6);
                 // The 6-column window of each tile, column by column, at the tile's place.
-                for (a, col) in s.cols.chunks_exact(row_len).enumerate() {
+                for (a, col) in w.cols.chunks_exact(row_len).enumerate() {
                     let col = &col[..M_TILE * tx + 2];
-                    for (b, w) in chunks_mut::<ALPHA>(&mut s.windows, a * ALPHA, tb)
+                    for (b, win) in chunks_mut::<ALPHA>(&mut w.windows, a * ALPHA, tb)
                         .into_iter()
                         .enumerate()
                     {
-                        for (w, v) in w[t0..t0 + tx].iter_mut().zip(col[b..].iter().step_by(4)) {
-                            *w = *v;
+                        for (d, s) in win[t0..t0 + tx].iter_mut().zip(col[b..].iter().step_by(4)) {
+                            *d = *s;
                         }
                     }
                 }
@@ -446,16 +470,21 @@ fn input_transform(plan: &Plan, x: &[f32], pieces: &[TileRows], tb: usize, s: &m
         }
         // B across, for every tile of the block at once: V[6·a + b][c][t].
         for a in 0..ALPHA {
-            let windows = chunks::<ALPHA>(&s.windows, a * ALPHA, tb);
-            let v = chunks_mut::<ALPHA>(&mut s.v, a * ALPHA, c_in * tb)
-                .map(|o| &mut o[c * tb..(c + 1) * tb]);
-            lanes(tb, windows, v, bt6);
+            let windows = chunks::<ALPHA>(&w.windows, a * ALPHA, tb);
+            lanes(tb, windows, rows_mut::<ALPHA>(&mut v, a * ALPHA, c), bt6);
         }
     }
 }
 
-/// `Aᵀ·M·A` for one block, through the epilogue, into the block's output rows.
-fn output_transform(plan: &Plan, block: &mut Block<'_>, epilogue: &Epilogue, s: &mut Scratch) {
+/// `Aᵀ·M·A` for one block's tiles `m` `[36, C_out, T_b]`, through the epilogue, into the block's
+/// output rows.
+fn output_transform(
+    plan: &Plan,
+    block: &mut Block<'_>,
+    m: Tiles<'_>,
+    epilogue: &Epilogue,
+    w: &mut Work,
+) {
     let Plan {
         c_out,
         out_width,
@@ -468,22 +497,19 @@ fn output_transform(plan: &Plan, block: &mut Block<'_>, epilogue: &Epilogue, s: 
     for o in 0..c_out {
         // Aᵀ down each of the six columns of the transformed tiles.
         for b in 0..ALPHA {
-            let m: [&[f32]; ALPHA] = std::array::from_fn(|a| {
-                let start = ((a * ALPHA + b) * c_out + o) * tb;
-                &s.m[start..start + tb]
-            });
-            let mut rows = s.half.chunks_exact_mut(ALPHA * tb);
+            let col: [&[f32]; ALPHA] = std::array::from_fn(|a| row(m, a * ALPHA + b, o));
+            let mut rows = w.half.chunks_exact_mut(ALPHA * tb);
             let half: [&mut [f32]; M_TILE] = std::array::from_fn(|_| {
                 let h = rows.next().expect("four rows");
                 &mut h[b * tb..(b + 1) * tb]
             });
-            lanes(tb, m, half, at6);
+            lanes(tb, col, half, at6);
         }
         // A across each of the four rows.
-        for (half, out) in s
+        for (half, out) in w
             .half
             .chunks_exact(ALPHA * tb)
-            .zip(s.out.chunks_exact_mut(M_TILE * tb))
+            .zip(w.out.chunks_exact_mut(M_TILE * tb))
         {
             lanes(
                 tb,
@@ -502,7 +528,7 @@ fn output_transform(plan: &Plan, block: &mut Block<'_>, epilogue: &Epilogue, s: 
             let plane = plane.as_slice_mut().expect("contiguous output rows");
             for local in 0..piece.tiles.len() {
                 let t0 = first + local * tx;
-                for (r, out) in s.out.chunks_exact(M_TILE * tb).enumerate() {
+                for (r, out) in w.out.chunks_exact(M_TILE * tb).enumerate() {
                     let row = M_TILE * local + r;
                     if row >= rows {
                         break;
@@ -525,7 +551,69 @@ fn output_transform(plan: &Plan, block: &mut Block<'_>, epilogue: &Epilogue, s: 
     }
 }
 
-/// One block: input transform, the 36 products, output transform.
+/// The 36 products `out[ξ] = a[ξ]·b[ξ]` (`a` given per position), each on one thread; in
+/// parallel over the positions when `parallel` (for tiles of the whole batch), in turn otherwise
+/// (for one block's, on the block's thread).
+fn products<'a>(
+    a: impl Fn(usize) -> ArrayView2<'a, f32> + Sync,
+    b: Tiles<'_>,
+    mut out: TilesMut<'_>,
+    parallel: bool,
+) {
+    let one = |(xi, out): (usize, ArrayViewMut2<'_, f32>)| {
+        matmul(a(xi), b.index_axis(Axis(0), xi), out, false, Threads::One)
+    };
+    if parallel {
+        out.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .enumerate()
+            .for_each(one);
+    } else {
+        out.axis_iter_mut(Axis(0)).enumerate().for_each(one);
+    }
+}
+
+/// Whether `tiles` tiles over the whole batch are few enough to keep side by side (`[36, C, T]`
+/// for the batch) and multiply once per position, in parallel over the positions, instead of
+/// per block on each block's thread: the products then run with all the tiles as their width
+/// and each `U[ξ]` is read once per call, not once per block. Below this many tiles, blocks
+/// would hold fewer than [`MAX_BLOCK_TILES`] each. Measured on ResNet-18's layer4 (64 tiles at
+/// batch 16, 2 threads): the 36 products of `[512, 512]·[512, T]` at T = 64 run at 91 GFLOP/s per
+/// thread against 76 for two blocks of 32, and the transposed products of `∂x` at 81 against 52.
+fn side_by_side(tiles: usize) -> bool {
+    tiles < MAX_BLOCK_TILES * rayon::current_num_threads().max(1)
+}
+
+/// The batch's tiles `[36, C, T]` cut into the blocks' windows of columns.
+fn windows<'a>(mut all: TilesMut<'a>, blocks: &[usize]) -> Vec<TilesMut<'a>> {
+    let mut out = Vec::with_capacity(blocks.len());
+    for &tiles in blocks {
+        let (head, tail) = all.split_at(Axis(2), tiles);
+        out.push(head);
+        all = tail;
+    }
+    out
+}
+
+/// `[36, channels, tiles]` over the front of a per-thread buffer.
+fn as_tiles(buf: &mut [f32], channels: usize, tiles: usize) -> TilesMut<'_> {
+    TilesMut::from_shape(
+        (POSITIONS, channels, tiles),
+        &mut buf[..POSITIONS * channels * tiles],
+    )
+    .expect("tiles buffer")
+}
+
+/// A block's tile rows without its output rows.
+fn tile_rows(block: &Block<'_>) -> Vec<TileRows> {
+    block
+        .pieces
+        .iter()
+        .map(|p| (p.image, p.tiles.clone()))
+        .collect()
+}
+
+/// One block on its own thread: input transform, the 36 products, output transform.
 fn run_block(
     plan: &Plan,
     x: &[f32],
@@ -535,20 +623,11 @@ fn run_block(
     s: &mut Scratch,
 ) {
     let tb = block.tiles;
-    let pieces: Vec<TileRows> = block
-        .pieces
-        .iter()
-        .map(|p| (p.image, p.tiles.clone()))
-        .collect();
-    input_transform(plan, x, &pieces, tb, s);
-    let (vl, ml) = (plan.c_in * tb, plan.c_out * tb);
-    for xi in 0..POSITIONS {
-        let v = ArrayView2::from_shape((plan.c_in, tb), &s.v[xi * vl..(xi + 1) * vl]).expect("V");
-        let m = ArrayViewMut2::from_shape((plan.c_out, tb), &mut s.m[xi * ml..(xi + 1) * ml])
-            .expect("M");
-        matmul(w.position(xi), v, m, false, Threads::One);
-    }
-    output_transform(plan, &mut block, epilogue, s);
+    let mut v = as_tiles(&mut s.v, plan.c_in, tb);
+    let mut m = as_tiles(&mut s.m, plan.c_out, tb);
+    input_transform(plan, x, &tile_rows(&block), &mut s.work, v.view_mut());
+    products(|xi| w.position(xi), v.view(), m.view_mut(), false);
+    output_transform(plan, &mut block, m.view(), epilogue, &mut s.work);
 }
 
 /// Tile rows per block: a block holds [`MIN_BLOCK_TILES`] to [`MAX_BLOCK_TILES`] tiles, the
@@ -631,10 +710,39 @@ pub fn conv3x3(
         })
         .collect();
     let max_tiles = rows * tiles_x;
-    blocks.into_par_iter().for_each_init(
-        || Scratch::new(&plan, max_tiles),
-        |s, block| run_block(&plan, xs, w, epilogue, block, s),
-    );
+    let total = n * tiles_y * tiles_x;
+    if side_by_side(total) {
+        // Transforms per block into the batch's V, the products per position, then the output
+        // transforms per block from the batch's M.
+        let sizes: Vec<usize> = blocks.iter().map(|b| b.tiles).collect();
+        // V and M are written in full before they are read.
+        let mut v: Array3<f32> = recycle::take_array((POSITIONS, c_in, total));
+        let mut m: Array3<f32> = recycle::take_array((POSITIONS, w.c_out, total));
+        blocks
+            .par_iter()
+            .zip(windows(v.view_mut(), &sizes))
+            .for_each_init(
+                || Work::new(&plan, max_tiles),
+                |work, (block, v)| input_transform(&plan, xs, &tile_rows(block), work, v),
+            );
+        products(|xi| w.position(xi), v.view(), m.view_mut(), true);
+        blocks
+            .into_par_iter()
+            .zip(windows(m.view_mut(), &sizes))
+            .for_each_init(
+                || Work::new(&plan, max_tiles),
+                |work, (mut block, m)| {
+                    output_transform(&plan, &mut block, m.view(), epilogue, work)
+                },
+            );
+        recycle::give_array(v);
+        recycle::give_array(m);
+    } else {
+        blocks.into_par_iter().for_each_init(
+            || Scratch::new(&plan, max_tiles),
+            |s, block| run_block(&plan, xs, w, epilogue, block, s),
+        );
+    }
     y
 }
 
@@ -691,17 +799,18 @@ fn gt3(u: [f32; ALPHA]) -> [f32; 3] {
 /// The output gradient's tiles in the Winograd domain, `A·Ȳ·Aᵀ` (the adjoint of the output
 /// transform): `s.m` `[36, C_out, T_b]`, tile `t` of the block in column `t`. Gradient values
 /// past the output's edge are zero.
-fn grad_transform(plan: &Plan, gy: &[f32], pieces: &[TileRows], tb: usize, s: &mut Scratch) {
+fn grad_transform(plan: &Plan, gy: &[f32], pieces: &[TileRows], w: &mut Work, mut m: TilesMut<'_>) {
     let Plan {
         c_out,
         out_width: ow,
         tiles_x: tx,
         ..
     } = *plan;
+    let tb = m.dim().2;
     let oh = plan.height + 2 * plan.padding - 2;
     let plane_len = oh * ow;
     for o in 0..c_out {
-        // The block's 4×4 gradient tiles: s.out[(4·r + c)·T_b + t].
+        // The block's 4×4 gradient tiles: w.out[(4·r + c)·T_b + t].
         let mut first = 0;
         for (image, tiles) in pieces {
             let plane = &gy[(image * c_out + o) * plane_len..][..plane_len];
@@ -711,7 +820,7 @@ fn grad_transform(plan: &Plan, gy: &[f32], pieces: &[TileRows], tb: usize, s: &m
                     let row = M_TILE * ty + r;
                     let line = (row < oh).then(|| &plane[row * ow..(row + 1) * ow]);
                     for c in 0..M_TILE {
-                        let dst = &mut s.out[(M_TILE * r + c) * tb + t0..][..tx];
+                        let dst = &mut w.out[(M_TILE * r + c) * tb + t0..][..tx];
                         for (tile_x, d) in dst.iter_mut().enumerate() {
                             let col = M_TILE * tile_x + c;
                             *d = line.filter(|_| col < ow).map_or(0.0, |l| l[col]);
@@ -721,11 +830,11 @@ fn grad_transform(plan: &Plan, gy: &[f32], pieces: &[TileRows], tb: usize, s: &m
             }
             first += tiles.len() * tx;
         }
-        // A down each of the four columns: s.half[(4·a + c)·T_b + t], a < 6.
+        // A down each of the four columns: w.half[(4·a + c)·T_b + t], a < 6.
         for c in 0..M_TILE {
             let y: [&[f32]; M_TILE] =
-                std::array::from_fn(|r| &s.out[(M_TILE * r + c) * tb..][..tb]);
-            let mut rows = s.half.chunks_exact_mut(tb);
+                std::array::from_fn(|r| &w.out[(M_TILE * r + c) * tb..][..tb]);
+            let mut rows = w.half.chunks_exact_mut(tb);
             let mut half: Vec<&mut [f32]> = (0..ALPHA * M_TILE)
                 .map(|_| rows.next().expect("24 rows"))
                 .collect();
@@ -735,108 +844,315 @@ fn grad_transform(plan: &Plan, gy: &[f32], pieces: &[TileRows], tb: usize, s: &m
         }
         // A across each of the six rows: M̄[6·a + b][o][t].
         for a in 0..ALPHA {
-            let h = chunks::<M_TILE>(&s.half, M_TILE * a, tb);
-            let m = chunks_mut::<ALPHA>(&mut s.m, ALPHA * a, c_out * tb)
-                .map(|row| &mut row[o * tb..(o + 1) * tb]);
-            lanes(tb, h, m, a4);
+            let h = chunks::<M_TILE>(&w.half, M_TILE * a, tb);
+            lanes(tb, h, rows_mut::<ALPHA>(&mut m, ALPHA * a, o), a4);
         }
     }
 }
 
-/// Most bytes the Winograd-domain tiles of one [`conv3x3_weight_grad`] call may take (input and
+/// `B·v` for one 6-vector (the adjoint of [`bt6`]).
+#[inline(always)]
+fn b6(v: [f32; 6]) -> [f32; 6] {
+    [
+        v[0],
+        (v[2] - v[1] + v[5]) - 1.5 * v[0] - 2.0 * v[3] + 0.5 * v[4],
+        0.5 * v[1] - 2.0 * v[0] - 2.5 * v[2] - v[3] - v[4] - 1.5 * v[5],
+        1.5 * v[0] + 2.5 * v[1] + 0.5 * v[2] + 2.0 * (v[3] - v[5]) - 0.5 * v[4],
+        (v[0] + v[1] + v[2] + v[3] + v[4]) + 1.5 * v[5],
+        v[5],
+    ]
+}
+
+/// The input rows `[first, end)` that tile rows `tiles` of a plan read (clipped to the image).
+fn input_rows(plan: &Plan, tiles: &Range<usize>) -> Range<usize> {
+    let first = (M_TILE * tiles.start).saturating_sub(plan.padding);
+    let end = (M_TILE * tiles.end + 2).saturating_sub(plan.padding);
+    first.min(plan.height)..end.min(plan.height)
+}
+
+/// The adjoint of [`input_transform`]: `B·V̄·Bᵀ` of every tile of one block (`v̄` `[36, C_in,
+/// T_b]`, tile `t` in column `t`), summed where tiles overlap, into one buffer per piece holding
+/// the [`input_rows`] of its tile rows: `[C_in, rows, W]`. Values that fall on the padding are
+/// dropped (the padding is constant).
+fn input_transform_adjoint(
+    plan: &Plan,
+    v_bar: Tiles<'_>,
+    pieces: &[TileRows],
+    w: &mut Work,
+) -> Vec<Vec<f32>> {
+    let Plan {
+        c_in,
+        width,
+        padding,
+        tiles_x: tx,
+        row_len,
+        ..
+    } = *plan;
+    let tb = v_bar.dim().2;
+    let mut out: Vec<Vec<f32>> = pieces
+        .iter()
+        .map(|(_, tiles)| {
+            let mut b = recycle::take(c_in * input_rows(plan, tiles).len() * width);
+            b.fill(0.0);
+            b
+        })
+        .collect();
+    for c in 0..c_in {
+        // B across: the 6-column windows of every tile, w.windows[6·a + b][t].
+        for a in 0..ALPHA {
+            let v: [&[f32]; ALPHA] = std::array::from_fn(|b| row(v_bar, a * ALPHA + b, c));
+            lanes(
+                tb,
+                v,
+                chunks_mut::<ALPHA>(&mut w.windows, a * ALPHA, tb),
+                b6,
+            );
+        }
+        let mut first = 0;
+        for ((_, tiles), buf) in pieces.iter().zip(&mut out) {
+            let rows = input_rows(plan, tiles);
+            let plane = &mut buf[c * rows.len() * width..(c + 1) * rows.len() * width];
+            for (local, ty) in tiles.clone().enumerate() {
+                let t0 = first + local * tx;
+                // Each tile's window summed into the six padded rows of its tile row.
+                w.cols.fill(0.0);
+                for (a, col) in w.cols.chunks_exact_mut(row_len).enumerate() {
+                    for (b, w) in chunks::<ALPHA>(&w.windows, a * ALPHA, tb)
+                        .into_iter()
+                        .enumerate()
+                    {
+                        for (d, v) in col[b..].iter_mut().step_by(4).zip(&w[t0..t0 + tx]) {
+                            *d += *v;
+                        }
+                    }
+                }
+                // Bᵀ's adjoint down the six rows, every image column at once.
+                let cols =
+                    chunks::<ALPHA>(&w.cols, 0, row_len).map(|c| &c[padding..padding + width]);
+                let sums = chunks_mut::<ALPHA>(&mut w.sums, 0, width);
+                lanes(width, cols, sums, b6);
+                for (i, sum) in w.sums.chunks_exact(width).enumerate() {
+                    let Some(r) = (M_TILE * ty + i).checked_sub(padding) else {
+                        continue;
+                    };
+                    if !rows.contains(&r) {
+                        continue;
+                    }
+                    let line = &mut plane[(r - rows.start) * width..][..width];
+                    for (d, v) in line.iter_mut().zip(sum) {
+                        *d += *v;
+                    }
+                }
+            }
+            first += tiles.len() * tx;
+        }
+    }
+    out
+}
+
+/// Most bytes the Winograd-domain tiles of one [`conv3x3_backward`] may keep for `∂W` (input and
 /// gradient together); larger problems take im2col.
 pub const WEIGHT_GRAD_BYTES: usize = 256 << 20;
 
-/// Whether [`conv3x3_weight_grad`] of `n` images from `c_in` to `c_out` channels at an
-/// `oh`×`ow` output pays (for a convolution whose forward pass takes Winograd): at least two
-/// blocks of tiles, so that the transforms run in parallel and the products' inner dimension is
-/// not a single block's (measured: at one block of 64 tiles, ResNet-18's layer4 at batch 16, it
-/// is level with im2col; at 256 tiles, VGG16's conv5_1, 1.3–1.4× faster; at 3,136, conv3_1,
-/// 1.2–1.3×), and its transformed tiles within [`WEIGHT_GRAD_BYTES`].
+/// Whether [`conv3x3_backward`]'s `∂W` of `n` images from `c_in` to `c_out` channels at an
+/// `oh`×`ow` output pays (for a convolution whose forward pass takes Winograd) over im2col + GEMM:
+/// its transformed tiles fit in [`WEIGHT_GRAD_BYTES`]. With the output gradient's transform shared
+/// with `∂x`, the whole backward pass (`∂x` and `∂W`, batch 16, 2 threads, interleaved runs)
+/// measured 36–41 ms against 45–51 with `∂W` on im2col at ResNet-18's layer4 (512 channels, 7×7,
+/// 64 tiles), 90–116 against 155–182 at VGG16's conv5_2 (512, 14×14), 496–541 against 617–737 at
+/// conv3_2 (256, 56×56) and 30–36 against 52–59 at ResNet-18's layer2 (128, 28×28).
 pub fn weight_grad_pays(n: usize, (c_in, c_out): (usize, usize), (oh, ow): (usize, usize)) -> bool {
     let tiles = n * oh.div_ceil(M_TILE) * ow.div_ceil(M_TILE);
-    tiles >= 2 * MIN_BLOCK_TILES
-        && POSITIONS * (c_in + c_out) * tiles * std::mem::size_of::<f32>() <= WEIGHT_GRAD_BYTES
+    POSITIONS * (c_in + c_out) * tiles * std::mem::size_of::<f32>() <= WEIGHT_GRAD_BYTES
 }
 
-/// `∂W` `[C_out, C_in, 3, 3]` of `y = conv(x, W)` (3×3, stride 1, zero padding `padding`) for the
-/// output gradient `gy` `[N, C_out, OH, OW]`, by Winograd F(4×4, 3×3): `∂U[ξ] = Σ_t M̄[ξ]·V[ξ]ᵀ`
-/// over all tiles `t` (`V` the input's tiles as in the forward pass, `M̄ = A·Ȳ·Aᵀ` the gradient's),
-/// then `∂W = Gᵀ·∂U·G`: 36 products of `[C_out, T]·[T, C_in]` instead of one of
-/// `[C_out, 16·T]·[16·T, 9·C_in]`. The tiles are transformed in parallel blocks, the 36 products
-/// run in parallel (each owns its `∂U[ξ]`), and so does the transform back.
+/// What [`conv3x3_backward`] computes: `∂x` with the forward pass's Winograd weights, `∂W` from
+/// the forward pass's input.
+pub struct Wanted<'a> {
+    /// `U` of the forward pass, when `∂x` is wanted.
+    pub input_grad: Option<&'a WinogradWeights>,
+    /// The forward pass's input `[N, C_in, H, W]`, when `∂W` is wanted.
+    pub weight_grad: Option<ArrayView4<'a, f32>>,
+}
+
+/// The gradients of `y = conv(x, W)` (3×3, stride 1, zero padding `padding`, `x` of
+/// `input_size` = `(H, W)`) for the output gradient `gy` `[N, C_out, OH, OW]`, by Winograd
+/// F(4×4, 3×3), the transposes of the forward pass's three steps. With `M̄ = A·Ȳ·Aᵀ` the output
+/// gradient's tiles (computed once for both):
+/// - `∂x`: `V̄[ξ] = U[ξ]ᵀ·M̄[ξ]`, 36 products of `[C_in, C_out]·[C_out, T]` with the forward
+///   pass's `U` (no second weight transform), then `B·V̄·Bᵀ` per tile, summed where tiles overlap;
+/// - `∂W`: `∂U[ξ] = Σ_t M̄[ξ]·V[ξ]ᵀ` over all tiles (`V` the input's tiles as in the forward
+///   pass), 36 products of `[C_out, T]·[T, C_in]` instead of one of `[C_out, 16·T]·[16·T, 9·C_in]`,
+///   then `∂W = Gᵀ·∂U·G`.
+///
+/// Tiles are transformed (and `V̄` multiplied) in parallel blocks as in [`conv3x3`]; the `∂U`
+/// products run in parallel (each owns its `∂U[ξ]`), and so do the transforms back.
 ///
 /// # Panics
 /// Panics if the shapes do not belong to one 3×3 convolution with this padding.
-pub fn conv3x3_weight_grad(
-    x: ArrayView4<'_, f32>,
+pub fn conv3x3_backward(
     gy: ArrayView4<'_, f32>,
+    input_size: (usize, usize),
     padding: usize,
-) -> Array4<f32> {
-    let (n, c_in, height, width) = x.dim();
-    let (n2, c_out, out_height, out_width) = gy.dim();
+    wanted: Wanted<'_>,
+) -> (Option<Array4<f32>>, Option<Array4<f32>>) {
+    let (n, c_out, out_height, out_width) = gy.dim();
+    let (height, width) = input_size;
+    let c_in = match (&wanted.input_grad, &wanted.weight_grad) {
+        (Some(u), _) => u.c_in,
+        (None, Some(x)) => x.dim().1,
+        (None, None) => return (None, None),
+    };
     assert!(
-        n == n2
-            && height + 2 * padding >= 3
+        height + 2 * padding >= 3
             && out_height == height + 2 * padding - 2
-            && out_width == width + 2 * padding - 2,
-        "Winograd ∂W: input {:?} and gradient {:?} do not fit padding {padding}",
-        x.shape(),
-        gy.shape()
+            && out_width == width + 2 * padding - 2
+            && wanted
+                .input_grad
+                .is_none_or(|u| u.c_out == c_out && u.c_in == c_in)
+            && wanted
+                .weight_grad
+                .is_none_or(|x| x.dim() == (n, c_in, height, width)),
+        "Winograd backward: gradient {:?} does not fit the input {n}x{c_in}x{height}x{width}, \
+         padding {padding}",
+        gy.shape(),
     );
     let plan = Plan::new((c_in, c_out), (height, width), padding);
     let (tiles_y, tiles_x) = (out_height.div_ceil(M_TILE), plan.tiles_x);
-    let (x, gy) = (x.as_standard_layout(), gy.as_standard_layout());
-    let (xs, gs) = (
-        x.as_slice().expect("standard layout"),
-        gy.as_slice().expect("standard layout"),
-    );
+    let gy = gy.as_standard_layout();
+    let gs = gy.as_slice().expect("standard layout");
+    let x = wanted.weight_grad.as_ref().map(|x| x.as_standard_layout());
+    let xs = x.as_ref().map(|x| x.as_slice().expect("standard layout"));
+    let u = wanted.input_grad;
     let rows = rows_per_block(tiles_x, n * tiles_y);
     let blocks = tile_blocks(n, tiles_y, rows);
-    // The transformed tiles of every block: (V [36, C_in, T_b], M̄ [36, C_out, T_b], T_b).
-    let transformed: Vec<(Vec<f32>, Vec<f32>, usize)> = blocks
-        .par_iter()
-        .map_init(
-            || Scratch::new(&plan, rows * tiles_x),
-            |s, pieces| {
-                let tb = pieces.iter().map(|(_, t)| t.len() * tiles_x).sum();
-                input_transform(&plan, xs, pieces, tb, s);
-                grad_transform(&plan, gs, pieces, tb, s);
-                let keep = |from: &[f32]| {
-                    let mut v = recycle::take(from.len());
-                    v.copy_from_slice(from);
-                    v
-                };
-                (
-                    keep(&s.v[..POSITIONS * c_in * tb]),
-                    keep(&s.m[..POSITIONS * c_out * tb]),
-                    tb,
-                )
-            },
-        )
+    let sizes: Vec<usize> = blocks
+        .iter()
+        .map(|b| b.iter().map(|(_, t)| t.len() * tiles_x).sum())
         .collect();
-    // Every ∂U[ξ] is written by its first product (then accumulated).
-    let mut du: Array2<f32> = recycle::take_array((POSITIONS, c_out * c_in));
-    du.axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(xi, row)| {
-            let mut d = row
-                .into_shape_with_order((c_out, c_in))
-                .expect("contiguous row");
-            for (b, (v, m, tb)) in transformed.iter().enumerate() {
-                let v = ArrayView2::from_shape((c_in, *tb), &v[xi * c_in * tb..][..c_in * tb])
-                    .expect("V");
-                let m = ArrayView2::from_shape((c_out, *tb), &m[xi * c_out * tb..][..c_out * tb])
-                    .expect("M̄");
-                matmul(m, v.t(), d.view_mut(), b > 0, Threads::One);
-            }
+    let (total, max_tiles) = (n * tiles_y * tiles_x, rows * tiles_x);
+    // Per block, per piece: its rows of ∂x ([`input_transform_adjoint`]).
+    let (pieces, dw): (Vec<Vec<Vec<f32>>>, _) = if xs.is_some() || side_by_side(total) {
+        // The batch's M̄ (and V for ∂W) side by side, transformed per block.
+        let mut m: Array3<f32> = recycle::take_array((POSITIONS, c_out, total));
+        let mut v: Option<Array3<f32>> = xs.map(|_| recycle::take_array((POSITIONS, c_in, total)));
+        let v_windows: Vec<Option<TilesMut<'_>>> = match &mut v {
+            Some(v) => windows(v.view_mut(), &sizes)
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => sizes.iter().map(|_| None).collect(),
+        };
+        blocks
+            .par_iter()
+            .zip(windows(m.view_mut(), &sizes))
+            .zip(v_windows)
+            .for_each_init(
+                || Work::new(&plan, max_tiles),
+                |work, ((pieces, m), v)| {
+                    grad_transform(&plan, gs, pieces, work, m);
+                    if let (Some(xs), Some(v)) = (xs, v) {
+                        input_transform(&plan, xs, pieces, work, v);
+                    }
+                },
+            );
+        let dw = v.as_ref().map(|v| weight_grad(v.view(), m.view()));
+        // V̄ = Uᵀ·M̄ into V's buffer (V is used up), back per block.
+        let pieces = u.map_or_else(Vec::new, |u| {
+            let mut v_bar = v
+                .take()
+                .unwrap_or_else(|| recycle::take_array((POSITIONS, c_in, total)));
+            products(
+                |xi| u.position(xi).reversed_axes(),
+                m.view(),
+                v_bar.view_mut(),
+                true,
+            );
+            let pieces = blocks
+                .par_iter()
+                .zip(windows(v_bar.view_mut(), &sizes))
+                .map_init(
+                    || Work::new(&plan, max_tiles),
+                    |work, (pieces, v_bar)| {
+                        input_transform_adjoint(&plan, v_bar.view(), pieces, work)
+                    },
+                )
+                .collect();
+            recycle::give_array(v_bar);
+            pieces
         });
-    for (v, m, _) in transformed {
-        recycle::give(v);
-        recycle::give(m);
-    }
-    // ∂W = Gᵀ·∂U·G for every channel pair, in parallel chunks of pairs.
+        if let Some(v) = v {
+            recycle::give_array(v);
+        }
+        recycle::give_array(m);
+        (pieces, dw)
+    } else {
+        // ∂x alone over many tiles: each block on its own thread.
+        let u = u.expect("∂x is wanted when ∂W is not");
+        let pieces = blocks
+            .par_iter()
+            .zip(&sizes)
+            .map_init(
+                || Scratch::new(&plan, max_tiles),
+                |s, (pieces, &tb)| {
+                    let mut m = as_tiles(&mut s.m, c_out, tb);
+                    let mut v_bar = as_tiles(&mut s.v, c_in, tb);
+                    grad_transform(&plan, gs, pieces, &mut s.work, m.view_mut());
+                    products(
+                        |xi| u.position(xi).reversed_axes(),
+                        m.view(),
+                        v_bar.view_mut(),
+                        false,
+                    );
+                    input_transform_adjoint(&plan, v_bar.view(), pieces, &mut s.work)
+                },
+            )
+            .collect();
+        (pieces, None)
+    };
+    let dx = u.map(|_| {
+        // Pieces of one image may come from two blocks and share two rows: sum image by image.
+        let mut dx = Array4::<f32>::zeros((n, c_in, height, width));
+        let mut by_image: Vec<Vec<(Range<usize>, &[f32])>> = vec![Vec::new(); n];
+        for (block, bufs) in blocks.iter().zip(&pieces) {
+            for ((image, tiles), buf) in block.iter().zip(bufs) {
+                by_image[*image].push((input_rows(&plan, tiles), buf));
+            }
+        }
+        dx.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .zip(by_image)
+            .for_each(|(mut image, pieces)| {
+                for (rows, buf) in pieces {
+                    let len = rows.len() * width;
+                    for (c, mut plane) in image.axis_iter_mut(Axis(0)).enumerate() {
+                        let plane = plane.as_slice_mut().expect("contiguous plane");
+                        let dst = &mut plane[rows.start * width..rows.end * width];
+                        for (d, v) in dst.iter_mut().zip(&buf[c * len..(c + 1) * len]) {
+                            *d += *v;
+                        }
+                    }
+                }
+            });
+        dx
+    });
+    pieces.into_iter().flatten().for_each(recycle::give);
+    (dx, dw)
+}
+
+/// `∂W = Gᵀ·(M̄[ξ]·V[ξ]ᵀ)·G` `[C_out, C_in, 3, 3]` from the batch's tiles `V` `[36, C_in, T]`
+/// and `M̄` `[36, C_out, T]`.
+fn weight_grad(v: Tiles<'_>, m: Tiles<'_>) -> Array4<f32> {
+    let (c_in, c_out) = (v.dim().1, m.dim().1);
+    // Every ∂U[ξ] is written by its product.
+    let mut du: Array3<f32> = recycle::take_array((POSITIONS, c_out, c_in));
+    products(
+        |xi| m.index_axis_move(Axis(0), xi),
+        v.permuted_axes([0, 2, 1]),
+        du.view_mut(),
+        true,
+    );
+    // ∂W = Gᵀ·∂U·G for every channel pair, in parallel chunks of pairs, the pairs as lanes.
     let pairs = c_out * c_in;
     // Every pair's nine values are written below.
     let mut dw: Array2<f32> = recycle::take_array((pairs, 9));
@@ -850,13 +1166,22 @@ pub fn conv3x3_weight_grad(
             let len = out.len() / 9;
             let rows: [&[f32]; POSITIONS] =
                 std::array::from_fn(|xi| &du_values[xi * pairs + first..][..len]);
+            // Gᵀ down each of the six columns: cols[3·b + i]; then across each of the three
+            // rows: sums[3·i + j].
+            let mut cols = vec![0.0f32; 3 * ALPHA * len];
+            for b in 0..ALPHA {
+                let down: [&[f32]; ALPHA] = std::array::from_fn(|a| rows[ALPHA * a + b]);
+                lanes(len, down, chunks_mut::<3>(&mut cols, 3 * b, len), gt3);
+            }
+            let mut sums = vec![0.0f32; 9 * len];
+            for i in 0..3 {
+                let across: [&[f32]; ALPHA] =
+                    std::array::from_fn(|b| &cols[(3 * b + i) * len..][..len]);
+                lanes(len, across, chunks_mut::<3>(&mut sums, 3 * i, len), gt3);
+            }
             for (k, out) in out.chunks_exact_mut(9).enumerate() {
-                // Gᵀ down each of the six columns, then across each of the three rows.
-                let cols: [[f32; 3]; ALPHA] =
-                    std::array::from_fn(|b| gt3(std::array::from_fn(|a| rows[ALPHA * a + b][k])));
-                for i in 0..3 {
-                    let row = gt3(std::array::from_fn(|b| cols[b][i]));
-                    out[3 * i..3 * i + 3].copy_from_slice(&row);
+                for (q, o) in out.iter_mut().enumerate() {
+                    *o = sums[q * len + k];
                 }
             }
         });
@@ -872,32 +1197,39 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    /// Direct convolution in f64 (3×3, stride 1, padding `p`), plus bias.
-    fn direct(x: &Array4<f32>, w: &Array4<f32>, bias: Option<&[f32]>, p: usize) -> Array4<f64> {
-        let (n, c, h, wd) = x.dim();
-        let co = w.dim().0;
-        let (oh, ow) = (h + 2 * p - 2, wd + 2 * p - 2);
-        let mut y = Array4::<f64>::zeros((n, co, oh, ow));
-        for ((i, o, oy, ox), v) in y.indexed_iter_mut() {
-            let mut acc = bias.map_or(0.0, |b| b[o] as f64);
-            for ci in 0..c {
-                for ki in 0..3 {
-                    let iy = (oy + ki) as isize - p as isize;
-                    if iy < 0 || iy as usize >= h {
-                        continue;
-                    }
-                    for kj in 0..3 {
-                        let ix = (ox + kj) as isize - p as isize;
-                        if ix < 0 || ix as usize >= wd {
-                            continue;
-                        }
-                        acc +=
-                            w[[o, ci, ki, kj]] as f64 * x[[i, ci, iy as usize, ix as usize]] as f64;
+    /// Calls `f((i, o, oy, ox), (c, ki, kj), (iy, ix))` for every tap of a 3×3 convolution with
+    /// padding `p` of `n` images of `c_in` channels `h`×`w` to `c_out` channels that reads inside
+    /// the image: output `(i, o, oy, ox)` reads input `(i, c, iy, ix)` through kernel value
+    /// `(o, c, ki, kj)`, `iy = oy + ki − p`, `ix = ox + kj − p`.
+    fn taps(
+        (n, c_in, h, w): (usize, usize, usize, usize),
+        c_out: usize,
+        p: usize,
+        mut f: impl FnMut((usize, usize, usize, usize), (usize, usize, usize), (usize, usize)),
+    ) {
+        let (oh, ow) = (h + 2 * p - 2, w + 2 * p - 2);
+        for (i, o, oy, ox) in ndarray::indices((n, c_out, oh, ow)) {
+            for (c, ki, kj) in ndarray::indices((c_in, 3, 3)) {
+                let (iy, ix) = ((oy + ki).checked_sub(p), (ox + kj).checked_sub(p));
+                if let (Some(iy), Some(ix)) = (iy, ix) {
+                    if iy < h && ix < w {
+                        f((i, o, oy, ox), (c, ki, kj), (iy, ix));
                     }
                 }
             }
-            *v = acc;
         }
+    }
+
+    /// Direct convolution in f64 (3×3, stride 1, padding `p`), plus bias.
+    fn direct(x: &Array4<f32>, w: &Array4<f32>, bias: Option<&[f32]>, p: usize) -> Array4<f64> {
+        let (n, _, h, wd) = x.dim();
+        let co = w.dim().0;
+        let mut y = Array4::<f64>::from_shape_fn((n, co, h + 2 * p - 2, wd + 2 * p - 2), |d| {
+            bias.map_or(0.0, |b| b[d.1] as f64)
+        });
+        taps(x.dim(), co, p, |(i, o, oy, ox), (c, ki, kj), (iy, ix)| {
+            y[[i, o, oy, ox]] += w[[o, c, ki, kj]] as f64 * x[[i, c, iy, ix]] as f64;
+        });
         y
     }
 
@@ -1014,77 +1346,98 @@ mod tests {
         assert!(err <= BOUND, "{err:e}");
     }
 
+    /// `∂x` and `∂W` of a 3×3 convolution, summed directly in f64:
+    /// `∂x[n, c, iy, ix] = Σ_{o, ki, kj} g[n, o, iy + p − ki, ix + p − kj]·W[o, c, ki, kj]`,
+    /// `∂W[o, c, ki, kj] = Σ_{n, oy, ox} g[n, o, oy, ox]·x[n, c, oy + ki − p, ox + kj − p]`.
+    fn direct_grads(
+        x: &Array4<f32>,
+        w: &Array4<f32>,
+        gy: &Array4<f32>,
+        p: usize,
+    ) -> (Array4<f64>, Array4<f64>) {
+        let (ci, co) = (x.dim().1, gy.dim().1);
+        let mut dx = Array4::<f64>::zeros(x.dim());
+        let mut dw = Array4::<f64>::zeros((co, ci, 3, 3));
+        taps(x.dim(), co, p, |(i, o, oy, ox), (c, ki, kj), (iy, ix)| {
+            let g = gy[[i, o, oy, ox]] as f64;
+            dx[[i, c, iy, ix]] += g * w[[o, c, ki, kj]] as f64;
+            dw[[o, c, ki, kj]] += g * x[[i, c, iy, ix]] as f64;
+        });
+        (dx, dw)
+    }
+
     #[test]
-    fn input_gradient_is_the_flipped_transposed_convolution() {
-        let mut rng = ChaCha8Rng::seed_from_u64(4);
-        for (n, ci, co, side, p) in [(2, 64, 128, 10, 1), (1, 32, 16, 9, 0), (2, 16, 24, 7, 2)] {
-            let wt = he(&mut rng, co, ci);
-            let out = side + 2 * p - 2;
-            let gy = normal(&mut rng, (n, co, out, out), 1.0);
-            // ∂x[n, c, iy, ix] = Σ_{o, ki, kj} g[n, o, iy + p − ki, ix + p − kj]·W[o, c, ki, kj].
-            let mut want = Array4::<f64>::zeros((n, ci, side, side));
-            for ((i, c, iy, ix), v) in want.indexed_iter_mut() {
-                for o in 0..co {
-                    for ki in 0..3 {
-                        for kj in 0..3 {
-                            let (oy, ox) = (
-                                (iy + p) as isize - ki as isize,
-                                (ix + p) as isize - kj as isize,
-                            );
-                            if oy < 0 || ox < 0 || oy as usize >= out || ox as usize >= out {
-                                continue;
-                            }
-                            *v += gy[[i, o, oy as usize, ox as usize]] as f64
-                                * wt[[o, c, ki, kj]] as f64;
-                        }
-                    }
-                }
-            }
-            let u = WinogradWeights::for_input_grad(wt.view());
-            assert_eq!((u.out_channels(), u.in_channels()), (ci, co));
-            let dx = conv3x3(gy.view(), &u, &Epilogue::default(), 2 - p);
-            let err = relative_error(&dx, &want);
-            assert!(err <= BOUND, "{ci}<-{co} {side}x{side}, p {p}: {err:e}");
+    fn b6_is_the_adjoint_of_bt6() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let dot = |a: [f32; 6], b: [f32; 6]| -> f64 {
+            a.iter().zip(&b).map(|(a, b)| (a * b) as f64).sum()
+        };
+        for _ in 0..20 {
+            let d: [f32; 6] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
+            let v: [f32; 6] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
+            let (lhs, rhs) = (dot(bt6(d), v), dot(d, b6(v)));
+            assert!(
+                (lhs - rhs).abs() < 1e-5,
+                "<Bᵀd, v> = {lhs}, <d, Bv> = {rhs}"
+            );
         }
     }
 
     #[test]
-    fn weight_gradient_matches_a_direct_sum_in_f64() {
+    fn backward_matches_a_direct_sum_in_f64() {
         let mut rng = ChaCha8Rng::seed_from_u64(6);
-        // (n, c_in, c_out, side, padding): one block (layer4-like), several blocks spanning
-        // images, edge tiles cut by the output, paddings 0 and 2.
-        for (n, ci, co, side, p) in [
-            (4, 64, 48, 7, 1),
-            (9, 8, 12, 13, 1),
-            (2, 5, 3, 9, 0),
-            (3, 6, 4, 6, 2),
-            (1, 3, 2, 3, 1),
+        // (n, c_in, c_out, height, width, padding): the batch's tiles side by side (below
+        // `side_by_side`'s count; ∂W always), blocks that split images (tall maps, so pieces of
+        // one image meet in two blocks), edge tiles cut by the output, paddings 0 to 3, maps
+        // smaller than a tile, and 576 tiles, where ∂x alone runs block by block.
+        for (n, ci, co, h, w, p) in [
+            (9, 4, 3, 30, 30, 1),
+            (2, 64, 96, 30, 30, 1),
+            (4, 64, 48, 7, 7, 1),
+            (2, 512, 512, 7, 7, 1),
+            (9, 8, 12, 13, 13, 1),
+            (2, 5, 3, 9, 9, 0),
+            (3, 6, 4, 6, 6, 2),
+            (1, 3, 2, 3, 3, 1),
+            (1, 4, 5, 70, 9, 1),
+            (2, 6, 3, 41, 10, 0),
+            (1, 2, 3, 4, 5, 3),
+            (3, 7, 9, 1, 7, 1),
         ] {
-            let x = normal(&mut rng, (n, ci, side, side), 1.0);
-            let out = side + 2 * p - 2;
-            let gy = normal(&mut rng, (n, co, out, out), 1.0);
-            // ∂W[o, c, ki, kj] = Σ_{n, oy, ox} g[n, o, oy, ox]·x[n, c, oy + ki − p, ox + kj − p].
-            let mut want = Array4::<f64>::zeros((co, ci, 3, 3));
-            for ((o, c, ki, kj), v) in want.indexed_iter_mut() {
-                for i in 0..n {
-                    for oy in 0..out {
-                        for ox in 0..out {
-                            let (iy, ix) = (
-                                (oy + ki) as isize - p as isize,
-                                (ox + kj) as isize - p as isize,
-                            );
-                            if iy < 0 || ix < 0 || iy as usize >= side || ix as usize >= side {
-                                continue;
-                            }
-                            *v += gy[[i, o, oy, ox]] as f64
-                                * x[[i, c, iy as usize, ix as usize]] as f64;
-                        }
-                    }
-                }
-            }
-            let dw = conv3x3_weight_grad(x.view(), gy.view(), p);
-            let err = relative_error(&dw, &want);
-            assert!(err <= BOUND, "{n}x{ci}->{co} {side}x{side}, p {p}: {err:e}");
+            let x = normal(&mut rng, (n, ci, h, w), 1.0);
+            let wt = he(&mut rng, co, ci);
+            let (oh, ow) = (h + 2 * p - 2, w + 2 * p - 2);
+            let gy = normal(&mut rng, (n, co, oh, ow), 1.0);
+            let (want_dx, want_dw) = direct_grads(&x, &wt, &gy, p);
+            let u = WinogradWeights::new(wt.view());
+            let what = format!("{n}x{ci}->{co} {h}x{w}, p {p}");
+            let both = Wanted {
+                input_grad: Some(&u),
+                weight_grad: Some(x.view()),
+            };
+            let (dx, dw) = conv3x3_backward(gy.view(), (h, w), p, both);
+            let (dx, dw) = (dx.expect("∂x"), dw.expect("∂W"));
+            let err = relative_error(&dx, &want_dx);
+            assert!(err <= BOUND, "{what}: ∂x {err:e}");
+            let err = relative_error(&dw, &want_dw);
+            assert!(err <= BOUND, "{what}: ∂W {err:e}");
+            // Each alone gives the same values.
+            let only_dx = Wanted {
+                input_grad: Some(&u),
+                weight_grad: None,
+            };
+            let (alone, none) = conv3x3_backward(gy.view(), (h, w), p, only_dx);
+            assert!(none.is_none(), "{what}: ∂W not asked for");
+            let err = relative_error(&alone.expect("∂x"), &want_dx);
+            assert!(err <= BOUND, "{what}: ∂x alone {err:e}");
+            let only_dw = Wanted {
+                input_grad: None,
+                weight_grad: Some(x.view()),
+            };
+            let (none, alone) = conv3x3_backward(gy.view(), (h, w), p, only_dw);
+            assert!(none.is_none(), "{what}: ∂x not asked for");
+            let err = relative_error(&alone.expect("∂W"), &want_dw);
+            assert!(err <= BOUND, "{what}: ∂W alone {err:e}");
         }
     }
 
