@@ -51,8 +51,7 @@
 use std::ops::Range;
 
 use ndarray::{
-    s, Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut2, ArrayViewMut3,
-    Axis,
+    Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis,
 };
 use rayon::prelude::*;
 
@@ -364,30 +363,26 @@ impl Drop for Scratch {
 type TilesMut<'a> = ArrayViewMut3<'a, f32>;
 type Tiles<'a> = ArrayView3<'a, f32>;
 
-/// Rows `(ξ, c)` for `ξ = first .. first + K` of `tiles`.
+/// The 36 rows of one channel's plane `[36, T]` of a [`TilesMut`] (`index_axis_mut(Axis(1), c)`),
+/// in six groups of six: `[a][b]` is `ξ = 6·a + b`.
 #[inline(always)]
-fn rows_mut<'a, const K: usize>(
-    tiles: &'a mut TilesMut<'_>,
-    first: usize,
-    c: usize,
-) -> [&'a mut [f32]; K] {
-    let mut rest = Some(tiles.slice_mut(s![first..first + K, c, ..]));
-    std::array::from_fn(|_| {
-        let (head, tail) = rest.take().expect("K rows").split_at(Axis(0), 1);
-        rest = Some(tail);
-        head.index_axis_move(Axis(0), 0)
-            .into_slice()
-            .expect("contiguous tile row")
-    })
+fn channel_rows_mut<'a>(plane: &'a mut ArrayViewMut2<'_, f32>) -> [[&'a mut [f32]; ALPHA]; ALPHA] {
+    let mut rows = plane
+        .outer_iter_mut()
+        .map(|r| r.into_slice().expect("contiguous tile row"));
+    std::array::from_fn(|_| std::array::from_fn(|_| rows.next().expect("36 rows")))
 }
 
-/// Row `(ξ, c)` of `tiles`.
+/// The 36 rows `(ξ, c)` of `tiles` for channel `c`: `[ξ]`.
 #[inline(always)]
-fn row<'a>(tiles: Tiles<'a>, xi: usize, c: usize) -> &'a [f32] {
-    tiles
-        .slice_move(s![xi, c, ..])
-        .to_slice()
-        .expect("contiguous tile row")
+fn channel_rows<'a>(tiles: Tiles<'a>, c: usize) -> [&'a [f32]; POSITIONS] {
+    let plane = tiles.index_axis_move(Axis(1), c);
+    std::array::from_fn(|xi| {
+        plane
+            .index_axis_move(Axis(0), xi)
+            .to_slice()
+            .expect("contiguous tile row")
+    })
 }
 
 /// `out[·][k] = f(inp[·][k])` for `k < n`: one 1-D transform per lane, the lanes contiguous.
@@ -469,9 +464,9 @@ fn input_transform(plan: &Plan, x: &[f32], pieces: &[TileRows], w: &mut Work, mu
             first += tiles.len() * tx;
         }
         // B across, for every tile of the block at once: V[6·a + b][c][t].
-        for a in 0..ALPHA {
-            let windows = chunks::<ALPHA>(&w.windows, a * ALPHA, tb);
-            lanes(tb, windows, rows_mut::<ALPHA>(&mut v, a * ALPHA, c), bt6);
+        let mut plane = v.index_axis_mut(Axis(1), c);
+        for (a, v) in channel_rows_mut(&mut plane).into_iter().enumerate() {
+            lanes(tb, chunks::<ALPHA>(&w.windows, a * ALPHA, tb), v, bt6);
         }
     }
 }
@@ -495,9 +490,10 @@ fn output_transform(
     // Output tiles whose four columns all lie inside the output, per tile row.
     let whole = out_width / M_TILE;
     for o in 0..c_out {
+        let m = channel_rows(m, o);
         // Aᵀ down each of the six columns of the transformed tiles.
         for b in 0..ALPHA {
-            let col: [&[f32]; ALPHA] = std::array::from_fn(|a| row(m, a * ALPHA + b, o));
+            let col: [&[f32]; ALPHA] = std::array::from_fn(|a| m[a * ALPHA + b]);
             let mut rows = w.half.chunks_exact_mut(ALPHA * tb);
             let half: [&mut [f32]; M_TILE] = std::array::from_fn(|_| {
                 let h = rows.next().expect("four rows");
@@ -843,9 +839,9 @@ fn grad_transform(plan: &Plan, gy: &[f32], pieces: &[TileRows], w: &mut Work, mu
             lanes(tb, y, out, a4);
         }
         // A across each of the six rows: M̄[6·a + b][o][t].
-        for a in 0..ALPHA {
-            let h = chunks::<M_TILE>(&w.half, M_TILE * a, tb);
-            lanes(tb, h, rows_mut::<ALPHA>(&mut m, ALPHA * a, o), a4);
+        let mut plane = m.index_axis_mut(Axis(1), o);
+        for (a, m) in channel_rows_mut(&mut plane).into_iter().enumerate() {
+            lanes(tb, chunks::<M_TILE>(&w.half, M_TILE * a, tb), m, a4);
         }
     }
 }
@@ -898,9 +894,10 @@ fn input_transform_adjoint(
         })
         .collect();
     for c in 0..c_in {
+        let v_bar = channel_rows(v_bar, c);
         // B across: the 6-column windows of every tile, w.windows[6·a + b][t].
         for a in 0..ALPHA {
-            let v: [&[f32]; ALPHA] = std::array::from_fn(|b| row(v_bar, a * ALPHA + b, c));
+            let v: [&[f32]; ALPHA] = std::array::from_fn(|b| v_bar[a * ALPHA + b]);
             lanes(
                 tb,
                 v,
