@@ -3,16 +3,19 @@
 
 mod common_models;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
+use std::time::Instant;
 
 use common_models::{empty_cache, fails_naming, tl, tmpdir};
 use ndarray::Array4;
 use rand::SeedableRng;
 use tl::models::{synthetic, Arch, Init, Model};
-use tl::train::trainer::{Feed, Quiet, Resume};
+use tl::train::trainer::{EpochRecord, Feed, Observer, Quiet, Resume};
 use tl::train::{fit, RunFiles, TrainConfig};
-use tl::weights::WeightFile;
+use tl::weights::{TensorData, WeightFile};
+use tl::Error;
 
 fn small_model() -> Model {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -25,11 +28,7 @@ fn small_model() -> Model {
 }
 
 fn head_weights(path: &Path) -> Vec<f32> {
-    let f = WeightFile::open(path).unwrap();
-    match f.f32_data("head.3.weight").unwrap() {
-        tl::weights::TensorData::Mapped(m) => m.as_slice().to_vec(),
-        tl::weights::TensorData::Owned(v) => v,
-    }
+    file_tensors(path).remove("head.3.weight").unwrap()
 }
 
 /// Training labels y, validation the same images with the labels swapped: fitting the training
@@ -502,5 +501,254 @@ fn output_into_a_new_nested_directory() {
     );
     fails_naming(&out, &["-o", path_str(&blocker.join("sub"))]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("epoch "));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// The background checkpoint writer (`tl::train::trainer::fit`'s files).
+
+/// Four inputs of the model's last layer (`head.3`, 16 → 2) labelled `train`, validated
+/// with labels `val`; epoch `nan_at` trains on NaN.
+fn feed(model: &Model, train: [usize; 4], val: [usize; 4], nan_at: Option<usize>) -> Feed<'static> {
+    let x = synthetic::tensor("writer", &[4, 16]);
+    let xv = x.clone();
+    Feed {
+        train: Box::new(move |epoch| {
+            let x = if nan_at == Some(epoch) {
+                x.mapv(|_| f32::NAN)
+            } else {
+                x.clone()
+            };
+            Box::new(std::iter::once((x, train.to_vec())))
+        }),
+        val: Box::new(move || Box::new(std::iter::once((xv.clone(), val.to_vec())))),
+        train_samples: 4,
+        val_samples: 4,
+        start: model.len() - 1,
+    }
+}
+
+fn config(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        lr: 0.01,
+        patience: 0,
+        ..TrainConfig::default()
+    }
+}
+
+/// Calls its closure with each finished epoch's number.
+struct OnEpoch<F: FnMut(usize)>(F);
+
+impl<F: FnMut(usize)> Observer for OnEpoch<F> {
+    fn on_epoch(&mut self, record: &EpochRecord) {
+        (self.0)(record.epoch)
+    }
+}
+
+fn file_tensors(path: &Path) -> HashMap<String, Vec<f32>> {
+    let f = WeightFile::open(path).unwrap();
+    f.names()
+        .into_iter()
+        .map(|n| {
+            let v = match f.f32_data(n).unwrap() {
+                TensorData::Mapped(m) => m.as_slice().to_vec(),
+                TensorData::Owned(v) => v,
+            };
+            (n.to_string(), v)
+        })
+        .collect()
+}
+
+fn model_tensors(model: &Model) -> HashMap<String, Vec<f32>> {
+    let mut m = HashMap::new();
+    model.visit(&mut |n, p| {
+        m.insert(n.to_string(), p.value().iter().copied().collect());
+    });
+    m
+}
+
+/// The epochs in a checkpoint's training summary.
+fn epochs_in(path: &Path) -> usize {
+    let f = WeightFile::open(path).unwrap();
+    Model::from_checkpoint(&f).unwrap();
+    Resume::from_checkpoint(&f).unwrap().history.len()
+}
+
+fn csv_rows(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count().saturating_sub(1))
+}
+
+/// Blocks until the metrics CSV has `rows` rows: that epoch's files are all written.
+fn wait_for_rows(path: &Path, rows: usize) {
+    let start = Instant::now();
+    while csv_rows(path) < rows {
+        assert!(start.elapsed().as_secs() < 60, "epoch {rows} never written");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// `dir/m.safetensors` and its files, the optimizer state in the folder `dir/state`.
+fn files_with_state_folder(dir: &Path) -> RunFiles {
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    RunFiles {
+        optim: dir.join("state/m.last.optim.safetensors"),
+        ..RunFiles::for_checkpoint(&dir.join("m.safetensors"))
+    }
+}
+
+/// Replaces the folder `dir/state` by a file, so the optimizer state cannot be written.
+fn block_state_folder(dir: &Path) {
+    std::fs::remove_dir_all(dir.join("state")).unwrap();
+    std::fs::write(dir.join("state"), b"not a folder").unwrap();
+}
+
+fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect()
+}
+
+#[test]
+fn every_file_is_complete_when_fit_returns() {
+    let dir = tmpdir("writer-complete");
+    let files = RunFiles::for_checkpoint(&dir.join("m.safetensors"));
+    // Loaded from a file, so the frozen tensors are read in place from its map.
+    let start = dir.join("start.safetensors");
+    small_model().save_checkpoint(&start, "").unwrap();
+    let mut model = Model::from_checkpoint(&WeightFile::open(&start).unwrap()).unwrap();
+    model.freeze_until("head").unwrap();
+    model.set_trainable("head.0", false).unwrap();
+    let mut mapped = 0;
+    model.visit(&mut |_, p| mapped += usize::from(p.is_mapped()));
+    assert_eq!(mapped, model_tensors(&model).len());
+    let feed = feed(&model, [0, 1, 0, 1], [0, 1, 0, 1], None);
+    let s = fit(
+        &mut model,
+        &config(3),
+        feed,
+        &files,
+        Resume::default(),
+        &mut Quiet,
+    )
+    .unwrap();
+    assert!(s.history.iter().all(|r| r.best), "{:?}", s.history);
+    // The last epoch is the best: the model, best and last all hold its weights.
+    let weights = model_tensors(&model);
+    assert_eq!(file_tensors(&files.last), weights);
+    assert_eq!(file_tensors(&files.best), weights);
+    assert_eq!(epochs_in(&files.last), 3);
+    assert_eq!(epochs_in(&files.best), 3);
+    let resume = Resume::from_checkpoint(&WeightFile::open(&files.last).unwrap()).unwrap();
+    let mut trainable = Vec::new();
+    model.visit(&mut |n, p| {
+        if p.trainable() {
+            trainable.push((format!("{n}.momentum"), p.shape().to_vec()));
+        }
+    });
+    let mut saved: Vec<(String, Vec<usize>)> = resume
+        .optimizer
+        .unwrap()
+        .into_iter()
+        .map(|(n, a)| (n, a.shape().to_vec()))
+        .collect();
+    saved.sort();
+    trainable.sort();
+    assert_eq!(saved, trainable);
+    let csv = std::fs::read_to_string(&files.metrics).unwrap();
+    assert_eq!(csv.lines().count(), 4);
+    assert!(csv.lines().last().unwrap().starts_with("3,"), "{csv}");
+    assert_eq!(temporaries(&dir), Vec::<String>::new());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_failed_write_stops_fit_with_the_file_named() {
+    // Epoch 3's files fail: found when epoch 4 hands over its own, or when a 3-epoch run ends.
+    for epochs in [5, 3] {
+        let dir = tmpdir(&format!("writer-fails-{epochs}"));
+        let files = files_with_state_folder(&dir);
+        let mut model = small_model();
+        // val_loss rises after epoch 1: epoch 1 is the best, later epochs write only `last`.
+        let feed = feed(&model, [0, 1, 0, 1], [1, 0, 1, 0], None);
+        let mut seen = Vec::new();
+        let mut observer = OnEpoch(|epoch| {
+            seen.push(epoch);
+            if epoch == 2 {
+                wait_for_rows(&files.metrics, 2);
+                block_state_folder(&dir);
+            }
+        });
+        let err = fit(
+            &mut model,
+            &config(epochs),
+            feed,
+            &files,
+            Resume::default(),
+            &mut observer,
+        )
+        .unwrap_err();
+        assert_eq!(seen, [1, 2, 3]);
+        match &err {
+            Error::Io { path, .. } => {
+                assert!(path.starts_with(dir.join("state")), "{err}");
+                assert!(
+                    err.to_string().contains("m.last.optim.safetensors"),
+                    "{err}"
+                );
+            }
+            other => panic!("expected an I/O error, got {other}"),
+        }
+        assert_eq!(epochs_in(&files.best), 1);
+        assert_eq!(
+            epochs_in(&files.last),
+            3,
+            "written before the optimizer state"
+        );
+        assert_eq!(csv_rows(&files.metrics), 2);
+        assert_eq!(temporaries(&dir), Vec::<String>::new());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn a_training_error_wins_over_a_write_error_once_the_files_are_done() {
+    let dir = tmpdir("writer-nonfinite");
+    let files = files_with_state_folder(&dir);
+    let mut model = small_model();
+    let feed = feed(&model, [0, 1, 0, 1], [1, 0, 1, 0], Some(3));
+    let mut observer = OnEpoch(|epoch| {
+        if epoch == 1 {
+            wait_for_rows(&files.metrics, 1);
+            block_state_folder(&dir);
+        }
+    });
+    let err = fit(
+        &mut model,
+        &config(5),
+        feed,
+        &files,
+        Resume::default(),
+        &mut observer,
+    )
+    .unwrap_err();
+    // Epoch 2's files fail while epoch 3 trains on NaN: the loss is reported, and epoch 2's
+    // checkpoint was finished before `fit` returned.
+    assert!(
+        matches!(
+            err,
+            Error::NonFinite {
+                epoch: 3,
+                step: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(epochs_in(&files.best), 1);
+    assert_eq!(epochs_in(&files.last), 2);
+    assert_eq!(csv_rows(&files.metrics), 1);
+    assert_eq!(temporaries(&dir), Vec::<String>::new());
     std::fs::remove_dir_all(&dir).unwrap();
 }
