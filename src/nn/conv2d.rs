@@ -710,18 +710,14 @@ impl Layer for Conv2d {
         self.forward_epilogue(x, ctx, None)
     }
 
-    fn fuses_output(&self) -> bool {
-        true
-    }
-
     fn forward_then(
         &mut self,
         x: ArrayD<f32>,
         ctx: &mut Context<'_>,
         (scale, shift): (&[f32], &[f32]),
         relu: bool,
-    ) -> ArrayD<f32> {
-        self.forward_epilogue(x, ctx, Some((scale, shift, relu)))
+    ) -> Result<ArrayD<f32>, ArrayD<f32>> {
+        Ok(self.forward_epilogue(x, ctx, Some((scale, shift, relu))))
     }
 
     fn backward(&mut self, grad: ArrayD<f32>) -> Option<ArrayD<f32>> {
@@ -746,33 +742,33 @@ impl Layer for Conv2d {
             b.accumulate_grad(db.into_dyn().view());
         }
         let per_in = g.channels * g.height * g.width;
-        let input = cache
-            .input
-            .as_ref()
-            .map(|x| x.as_slice().expect("standard layout"));
         // Backward by Winograd where the forward pass took it: ∂x always, ∂W where it fits.
         let winograd = self.takes_winograd(n, (g.channels, co), (g.out_height, g.out_width));
-        let winograd_dw = winograd
-            && input.is_some()
+        let dw_by_winograd = winograd
+            && cache.input.is_some()
             && weight_grad_pays(n, (g.channels, co), (g.out_height, g.out_width));
-        let winograd_dx = winograd && cache.input_grad;
-        let (winograd_dx, winograd_dw) = if winograd_dx || winograd_dw {
+        let (winograd_dx, winograd_dw) = if winograd && (cache.input_grad || dw_by_winograd) {
             let gy = grad
                 .view()
                 .into_shape_with_order((n, co, g.out_height, g.out_width))
                 .expect("standard layout");
             let padding = self.padding;
-            let x = cache.input.as_ref().filter(|_| winograd_dw);
-            let u = winograd_dx.then(|| self.winograd_weights());
             let wanted = Wanted {
-                input_grad: u,
-                weight_grad: x.map(|x| x.view()),
+                input_grad: cache.input_grad.then(|| self.winograd_weights()),
+                weight_grad: cache
+                    .input
+                    .as_ref()
+                    .filter(|_| dw_by_winograd)
+                    .map(|x| x.view()),
             };
             conv3x3_backward(gy, (g.height, g.width), padding, wanted)
         } else {
             (None, None)
         };
-        let input = input.filter(|_| winograd_dw.is_none());
+        // What Winograd did not compute goes through im2col.
+        let input = (cache.input.as_ref())
+            .filter(|_| !dw_by_winograd)
+            .map(|x| x.as_slice().expect("standard layout"));
         let want_dx = cache.input_grad && winograd_dx.is_none();
         let mut dx = Array2::<f32>::zeros((if want_dx { n } else { 0 }, per_in));
         let winograd_dw = winograd_dw.map(|dw| dw.into_shape_with_order((co, rows)).expect("∂W"));

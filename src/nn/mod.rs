@@ -137,34 +137,19 @@ pub trait Layer: Send + Sync {
         Vec::new()
     }
 
-    /// Whether [`Layer::forward_then`] applies the following map in the layer's own output pass
-    /// (Conv2d). Containers fuse a layer with a following [`Layer::channel_affine`] (and ReLU)
-    /// only then.
-    fn fuses_output(&self) -> bool {
-        false
-    }
-
     /// The forward pass followed by `y = act(scale[c]·y + shift[c])` over the channels (axis 1),
-    /// `act` a ReLU when `relu`. Only for passes that keep nothing for backward. By default two
-    /// passes; layers that [`Layer::fuses_output`] make it one.
+    /// `act` a ReLU when `relu`, in the layer's own output pass (Conv2d), for a pass that keeps
+    /// nothing for backward; containers use it to fuse a following [`Layer::channel_affine`]
+    /// (and ReLU). `Err(x)` gives the input back untouched when the layer cannot (the default):
+    /// the caller then runs the layers one by one.
     fn forward_then(
         &mut self,
         x: ArrayD<f32>,
-        ctx: &mut Context<'_>,
-        (scale, shift): (&[f32], &[f32]),
-        relu: bool,
-    ) -> ArrayD<f32> {
-        let mut y = self.forward(x, ctx);
-        for ((mut channel, &a), &b) in y.axis_iter_mut(ndarray::Axis(1)).zip(scale).zip(shift) {
-            channel.mapv_inplace(|v| {
-                if relu {
-                    (a * v + b).max(0.0)
-                } else {
-                    a * v + b
-                }
-            });
-        }
-        y
+        _ctx: &mut Context<'_>,
+        _affine: (&[f32], &[f32]),
+        _relu: bool,
+    ) -> Result<ArrayD<f32>, ArrayD<f32>> {
+        Err(x)
     }
 
     /// When the layer, in a pass of `mode` whose input needs no gradient, is a fixed per-channel

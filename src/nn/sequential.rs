@@ -94,14 +94,18 @@ impl Sequential {
         let mut i = range.start;
         while i < range.end {
             if let Some(f) = self.fusion_at(i, range.end, ctx) {
-                let (scale, shift) = (&f.scale[..], &f.shift[..]);
-                x = self.layers[i]
-                    .1
-                    .forward_then(x, ctx, (scale, shift), f.relu);
-                self.tracked.resize(i + f.len, false);
-                ctx.input_grad = false;
-                i += f.len;
-                continue;
+                let affine = (&f.scale[..], &f.shift[..]);
+                match self.layers[i].1.forward_then(x, ctx, affine, f.relu) {
+                    Ok(y) => {
+                        x = y;
+                        self.tracked.resize(i + f.len, false);
+                        ctx.input_grad = false;
+                        i += f.len;
+                        continue;
+                    }
+                    // The layer cannot fuse: run it on its own.
+                    Err(input) => x = input,
+                }
             }
             let layer = &mut self.layers[i].1;
             let track = ctx.tracks(layer.has_trainable());
@@ -113,12 +117,12 @@ impl Sequential {
         x
     }
 
-    /// The fusion that starts at child `i`, if any: an untracked layer that
-    /// [`Layer::fuses_output`] (Conv2d), then a [`Layer::channel_affine`] (BatchNorm on its running
-    /// statistics, untracked), then optionally a ReLU, all before `end`.
+    /// The fusion that may start at child `i` (if the layer takes it, [`Layer::forward_then`]):
+    /// an untracked layer, then a [`Layer::channel_affine`] (BatchNorm on its running statistics,
+    /// untracked), then optionally a ReLU, all before `end`.
     fn fusion_at(&mut self, i: usize, end: usize, ctx: &Context<'_>) -> Option<Fusion> {
         let first = self.layers[i].1.as_ref();
-        if i + 1 >= end || !first.fuses_output() || ctx.tracks(first.has_trainable()) {
+        if i + 1 >= end || ctx.tracks(first.has_trainable()) {
             return None;
         }
         // Nothing before the affine layer then needs a gradient.

@@ -222,16 +222,6 @@ impl WinogradWeights {
             });
     }
 
-    /// Output channels.
-    pub fn out_channels(&self) -> usize {
-        self.c_out
-    }
-
-    /// Input channels.
-    pub fn in_channels(&self) -> usize {
-        self.c_in
-    }
-
     /// `U[ξ]` as `[C_out, C_in]`.
     fn position(&self, xi: usize) -> ArrayView2<'_, f32> {
         self.u

@@ -566,9 +566,8 @@ pub fn fit(
         let json =
             serde_json::to_string(&summary(&history, &stopper, false)).expect("summary serialises");
         holds_best = verdict == Verdict::Improved;
-        // The previous epoch's files first: one snapshot at a time, files in epoch order.
-        writer.wait()?;
-        writer.submit(EpochSnapshot {
+        // After the previous epoch's files: one snapshot at a time, files in epoch order.
+        writer.submit(|| EpochSnapshot {
             checkpoint: model.checkpoint(&json),
             best: holds_best,
             optimizer: optimizer.state_tensors(),

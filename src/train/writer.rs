@@ -108,7 +108,7 @@ impl CheckpointWriter {
     ///
     /// # Errors
     /// Its error: [`crate::Error::Io`] naming the file.
-    pub fn wait(&mut self) -> Result<()> {
+    fn wait(&mut self) -> Result<()> {
         if !std::mem::take(&mut self.in_flight) {
             return Ok(());
         }
@@ -122,13 +122,14 @@ impl CheckpointWriter {
         }
     }
 
-    /// Waits for the snapshot in flight (see [`CheckpointWriter::wait`]), then hands `snapshot`
-    /// to the thread.
+    /// Waits for the snapshot in flight (see [`CheckpointWriter::wait`]), then takes the next
+    /// one with `take` and hands it to the thread: at most one snapshot exists at a time.
     ///
     /// # Errors
-    /// The error of the snapshot in flight; `snapshot` is then not written.
-    pub fn submit(&mut self, snapshot: EpochSnapshot) -> Result<()> {
+    /// The error of the snapshot in flight; the next one is then not taken.
+    pub fn submit(&mut self, take: impl FnOnce() -> EpochSnapshot) -> Result<()> {
         self.wait()?;
+        let snapshot = take();
         self.queue
             .as_ref()
             .and_then(|q| q.send(snapshot).ok())
