@@ -15,7 +15,7 @@ use ndarray::{Array1, Array3, ArrayD, Axis, Zip};
 use rayon::prelude::*;
 
 use super::{join, Context, Layer, Mode, Param, ParamKind, NO_FORWARD};
-use crate::tensor::into_standard;
+use crate::tensor::{into_standard, recycle};
 
 /// `nn.BatchNorm1d` / `nn.BatchNorm2d` with affine parameters and running statistics.
 pub struct BatchNorm {
@@ -171,7 +171,8 @@ impl Layer for BatchNorm {
         let (gamma, beta) = (vec_of(&self.weight), vec_of(&self.bias));
         let track = ctx.tracks(self.has_trainable());
         let mut y = if track {
-            Some(Array3::<f32>::zeros(x.dim()))
+            // Written in full below.
+            Some(recycle::take_array(x.dim()))
         } else {
             None
         };

@@ -4,6 +4,7 @@
 //! A parameter's full dotted name (`features.24.weight`) is not stored here: containers build it
 //! from the structure as they visit their children, so names always follow the graph.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, IxDyn};
@@ -78,7 +79,7 @@ impl Snapshot {
 }
 
 /// One named tensor of a layer.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Param {
     storage: Storage,
     /// The gradient accumulated since the last [`Param::zero_grad`]; `None` until a backward pass
@@ -86,6 +87,30 @@ pub struct Param {
     pub grad: Option<ArrayD<f32>>,
     trainable: bool,
     kind: ParamKind,
+    /// See [`Param::version`].
+    version: u64,
+    /// The memory of the gradient [`Param::zero_grad`] dropped, for the next one to reuse.
+    spare: Option<ArrayD<f32>>,
+}
+
+impl Clone for Param {
+    /// The value, gradient, flags and version; not the spare gradient memory.
+    fn clone(&self) -> Self {
+        Param {
+            storage: self.storage.clone(),
+            grad: self.grad.clone(),
+            trainable: self.trainable,
+            kind: self.kind,
+            version: self.version,
+            spare: None,
+        }
+    }
+}
+
+/// A version no parameter has had before: one counter for the whole process.
+fn next_version() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Param {
@@ -96,7 +121,18 @@ impl Param {
             grad: None,
             trainable: kind != ParamKind::Buffer,
             kind,
+            version: next_version(),
+            spare: None,
         }
+    }
+
+    /// Identifies the value: a new number, never used before in this process, each time the
+    /// value may change (a [`Param::value_mut`] borrow, [`Param::set_value`],
+    /// [`Param::set_mapped`]); a clone keeps its original's until either changes. Two reads with
+    /// the same version see the same values, so what is derived from a value (a convolution's
+    /// Winograd-domain weights) can be kept until the version moves.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// The tensor's role.
@@ -115,6 +151,7 @@ impl Param {
         self.trainable = trainable && self.kind != ParamKind::Buffer;
         if !self.trainable {
             self.grad = None;
+            self.spare = None;
         }
     }
 
@@ -148,6 +185,7 @@ impl Param {
 
     /// The value for writing; a memory-mapped value is copied out of the map first.
     pub fn value_mut(&mut self) -> ArrayViewMutD<'_, f32> {
+        self.version = next_version();
         if let Storage::Mapped { .. } = self.storage {
             let owned = self.value().to_owned();
             self.storage = Storage::Owned(owned);
@@ -165,6 +203,7 @@ impl Param {
     pub fn set_value(&mut self, value: ArrayD<f32>) {
         assert_eq!(value.shape(), self.shape(), "set_value: shape");
         self.storage = Storage::Owned(value);
+        self.version = next_version();
     }
 
     /// Replaces the value with values read in place from a memory map.
@@ -175,6 +214,7 @@ impl Param {
         assert_eq!(data.len, self.len(), "set_mapped: length");
         let shape = self.shape().to_vec();
         self.storage = Storage::Mapped { data, shape };
+        self.version = next_version();
     }
 
     /// True when the value is read in place from a memory-mapped file.
@@ -195,12 +235,68 @@ impl Param {
         assert_eq!(g.shape(), self.shape(), "gradient shape");
         match &mut self.grad {
             Some(acc) => *acc += &g,
-            None => self.grad = Some(g.to_owned()),
+            None => {
+                self.grad = Some(match self.spare.take() {
+                    // The last step's memory, already mapped: no fresh pages to fault in.
+                    Some(mut spare) if spare.shape() == g.shape() => {
+                        spare.assign(&g);
+                        spare
+                    }
+                    _ => g.to_owned(),
+                })
+            }
         }
     }
 
-    /// Drops the accumulated gradient.
+    /// Drops the accumulated gradient (its memory is kept for the next one).
     pub fn zero_grad(&mut self) {
-        self.grad = None;
+        if let Some(g) = self.grad.take() {
+            self.spare = Some(g);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_moves_with_every_way_of_changing_the_value() {
+        let mut p = Param::new(ParamKind::Weight, ArrayD::zeros(IxDyn(&[2, 3])));
+        let mut seen = vec![p.version()];
+        let _ = p.value();
+        let _ = p.snapshot();
+        p.grad = Some(ArrayD::ones(IxDyn(&[2, 3])));
+        assert_eq!(p.version(), seen[0], "reads and gradients leave it");
+        let copy = p.clone();
+        assert_eq!(copy.version(), p.version(), "a clone has the same values");
+        p.value_mut()[[0, 1]] = 1.0;
+        seen.push(p.version());
+        p.set_value(ArrayD::ones(IxDyn(&[2, 3])));
+        seen.push(p.version());
+        let map = Arc::new(
+            memmap2::MmapMut::map_anon(24)
+                .expect("anonymous map")
+                .make_read_only()
+                .expect("read-only"),
+        );
+        p.set_mapped(MappedF32::new(map, 0, 6).expect("aligned"));
+        seen.push(p.version());
+        let mut other = copy.clone();
+        other.value_mut()[[1, 2]] = 2.0;
+        seen.push(other.version());
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            seen.len(),
+            "every change a new version: {seen:?}"
+        );
+        assert_eq!(
+            copy.version(),
+            seen[0],
+            "changing a clone leaves the original"
+        );
     }
 }

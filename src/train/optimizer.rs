@@ -87,27 +87,35 @@ impl Optimizer for Sgd {
         );
         let buffers = &mut self.buffers;
         for_each_trainable(model, |name, p, grad| {
-            let mut g = grad.clone();
-            if wd != 0.0 {
-                g.scaled_add(wd, &p.value());
-            }
-            if mu != 0.0 {
-                let b = match buffers.get_mut(name) {
-                    Some(b) => {
-                        Zip::from(&mut *b)
-                            .and(&g)
-                            .for_each(|b, &g| *b = mu * *b + (1.0 - damp) * g);
-                        b
-                    }
-                    None => buffers.entry(name.to_string()).or_insert_with(|| g.clone()),
-                };
-                if nesterov {
-                    g.scaled_add(mu, b);
-                } else {
-                    g.assign(b);
+            // One pass per parameter, in parallel, in the order of operations of PyTorch's SGD:
+            // g = ∇ + wd·w; b = g on the first step, else μ·b + (1 − dampening)·g; the step is
+            // g + μ·b (Nesterov) or b; w ← w − lr·step.
+            let update = |w: &mut f32, b: Option<(&mut f32, bool)>, &grad: &f32| {
+                let mut g = grad;
+                if wd != 0.0 {
+                    g += wd * *w;
                 }
+                if let Some((b, first)) = b {
+                    *b = if first { g } else { mu * *b + (1.0 - damp) * g };
+                    g = if nesterov { g + mu * *b } else { *b };
+                }
+                *w += -lr * g;
+            };
+            let mut w = p.value_mut();
+            if mu == 0.0 {
+                Zip::from(&mut w)
+                    .and(grad)
+                    .par_for_each(|w, g| update(w, None, g));
+                return;
             }
-            p.value_mut().scaled_add(-lr, &g);
+            let first = !buffers.contains_key(name);
+            let b = buffers
+                .entry(name.to_string())
+                .or_insert_with(|| ArrayD::zeros(grad.raw_dim()));
+            Zip::from(&mut w)
+                .and(b)
+                .and(grad)
+                .par_for_each(|w, b, g| update(w, Some((b, first)), g));
         });
     }
 
@@ -168,31 +176,30 @@ impl Optimizer for Adam {
         let (lr, b1, b2, eps, wd) = (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay);
         let states = &mut self.state;
         for_each_trainable(model, |name, p, grad| {
-            let mut g = grad.clone();
-            if wd != 0.0 {
-                g.scaled_add(wd, &p.value());
-            }
             let s = states.entry(name.to_string()).or_insert_with(|| AdamState {
                 step: 0,
-                m: ArrayD::zeros(g.raw_dim()),
-                v: ArrayD::zeros(g.raw_dim()),
+                m: ArrayD::zeros(grad.raw_dim()),
+                v: ArrayD::zeros(grad.raw_dim()),
             });
             s.step += 1;
             let bc1 = 1.0 - (b1 as f64).powi(s.step as i32);
             let bc2 = 1.0 - (b2 as f64).powi(s.step as i32);
             let step_size = (lr as f64 / bc1) as f32;
             let bc2_sqrt = bc2.sqrt() as f32;
-            Zip::from(&mut s.m)
+            // One pass per parameter, in parallel: g = ∇ + wd·w, the moments, the update.
+            Zip::from(&mut p.value_mut())
+                .and(&mut s.m)
                 .and(&mut s.v)
-                .and(&g)
-                .for_each(|m, v, &g| {
+                .and(grad)
+                .par_for_each(|w, m, v, &grad| {
+                    let mut g = grad;
+                    if wd != 0.0 {
+                        g += wd * *w;
+                    }
                     *m = b1 * *m + (1.0 - b1) * g;
                     *v = b2 * *v + (1.0 - b2) * g * g;
+                    *w -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
                 });
-            Zip::from(&mut p.value_mut())
-                .and(&s.m)
-                .and(&s.v)
-                .for_each(|w, &m, &v| *w -= step_size * m / (v.sqrt() / bc2_sqrt + eps));
         });
     }
 
