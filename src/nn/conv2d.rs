@@ -42,7 +42,8 @@ use crate::tensor::im2col::{col2im_rows, im2col_rows, im2col_rows_into, ConvGeom
 use crate::tensor::into_standard;
 use crate::tensor::recycle;
 use crate::tensor::winograd::{
-    conv3x3, conv3x3_backward, weight_grad_pays, Wanted, WinogradWeights,
+    conv3x3_backward, conv3x3_keeping, weight_grad_pays, InputTiles, Wanted, WeightGradFrom,
+    WinogradWeights,
 };
 
 /// `nn.Conv2d` with a square kernel.
@@ -59,6 +60,9 @@ pub struct Conv2d {
 
 struct Cache {
     input: Option<Array4<f32>>,
+    /// The input's Winograd-domain tiles, kept instead of the input when `∂W` takes Winograd
+    /// and the forward pass transformed the whole batch side by side.
+    tiles: Option<InputTiles>,
     input_shape: [usize; 4],
     input_grad: bool,
 }
@@ -662,15 +666,19 @@ impl Conv2d {
         if let Some((scale, shift, relu)) = then {
             epilogue = epilogue.then_affine(scale, shift, relu);
         }
-        let y = if self.takes_winograd(n, (g.channels, co), (g.out_height, g.out_width)) {
+        let wants_dw = track && self.weight.trainable();
+        let (y, tiles) = if self.takes_winograd(n, (g.channels, co), (g.out_height, g.out_width)) {
             let padding = self.padding;
-            conv3x3(x.view(), self.winograd_weights(), &epilogue, padding)
+            let keep =
+                wants_dw && weight_grad_pays(n, (g.channels, co), (g.out_height, g.out_width));
+            conv3x3_keeping(x.view(), self.winograd_weights(), &epilogue, padding, keep)
         } else {
-            self.forward_im2col(&x, &g, &epilogue)
+            (self.forward_im2col(&x, &g, &epilogue), None)
         };
         let input_shape = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
-        // ∂W needs the input; otherwise its memory goes back to the pool.
-        let input = if track && self.weight.trainable() {
+        // ∂W needs the input (unless its tiles were kept); otherwise its memory goes back to the
+        // pool.
+        let input = if wants_dw && tiles.is_none() {
             Some(x)
         } else {
             recycle::give_array(x);
@@ -679,6 +687,7 @@ impl Conv2d {
         self.cache = track.then_some(Cache {
             input_shape,
             input,
+            tiles,
             input_grad: ctx.input_grad,
         });
         y.into_dyn()
@@ -725,7 +734,7 @@ impl Layer for Conv2d {
         // Backward by Winograd where the forward pass took it: ∂x always, ∂W where it fits.
         let winograd = self.takes_winograd(n, (g.channels, co), (g.out_height, g.out_width));
         let dw_by_winograd = winograd
-            && cache.input.is_some()
+            && (cache.input.is_some() || cache.tiles.is_some())
             && weight_grad_pays(n, (g.channels, co), (g.out_height, g.out_width));
         let (winograd_dx, winograd_dw) = if winograd && (cache.input_grad || dw_by_winograd) {
             let gy = grad
@@ -735,11 +744,11 @@ impl Layer for Conv2d {
             let padding = self.padding;
             let wanted = Wanted {
                 input_grad: cache.input_grad.then(|| self.winograd_weights()),
-                weight_grad: cache
-                    .input
-                    .as_ref()
-                    .filter(|_| dw_by_winograd)
-                    .map(|x| x.view()),
+                weight_grad: match (cache.tiles, &cache.input) {
+                    _ if !dw_by_winograd => None,
+                    (Some(tiles), _) => Some(WeightGradFrom::Tiles(tiles)),
+                    (None, input) => input.as_ref().map(|x| WeightGradFrom::Input(x.view())),
+                },
             };
             conv3x3_backward(gy, (g.height, g.width), padding, wanted)
         } else {

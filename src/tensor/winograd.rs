@@ -658,6 +658,34 @@ pub fn conv3x3(
     epilogue: &Epilogue,
     padding: usize,
 ) -> Array4<f32> {
+    conv3x3_keeping(x, w, epilogue, padding, false).0
+}
+
+/// The input's Winograd-domain tiles `V` `[36, C_in, T]` from a forward pass, for the same
+/// call's [`conv3x3_backward`] to take its `∂W` from (one input transform less).
+#[derive(Debug)]
+pub struct InputTiles {
+    v: Array3<f32>,
+    /// `(N, C_in, H, W)` of the input.
+    input: (usize, usize, usize, usize),
+    padding: usize,
+}
+
+impl Drop for InputTiles {
+    fn drop(&mut self) {
+        recycle::give_array(std::mem::take(&mut self.v));
+    }
+}
+
+/// [`conv3x3`], also giving back the input's tiles when `keep` and the batch's tiles are
+/// transformed side by side (few tiles, as at ResNet-18's layer4); otherwise `None`.
+pub fn conv3x3_keeping(
+    x: ArrayView4<'_, f32>,
+    w: &WinogradWeights,
+    epilogue: &Epilogue,
+    padding: usize,
+    keep: bool,
+) -> (Array4<f32>, Option<InputTiles>) {
     let (n, c_in, height, width) = x.dim();
     assert_eq!(c_in, w.c_in, "Winograd conv: input channels");
     epilogue.check(w.c_out);
@@ -673,7 +701,7 @@ pub fn conv3x3(
     // Every output value is written by the output transform of its tile.
     let mut y: Array4<f32> = super::recycle::take_array((n, w.c_out, out_height, out_width));
     if n == 0 || w.c_out == 0 {
-        return y;
+        return (y, None);
     }
     let rows = rows_per_block(tiles_x, n * tiles_y);
     // Each block's pieces take their output rows, image by image in order.
@@ -721,15 +749,20 @@ pub fn conv3x3(
                     output_transform(&plan, &mut block, m.view(), epilogue, work)
                 },
             );
-        recycle::give_array(v);
         recycle::give_array(m);
+        let tiles = InputTiles {
+            v,
+            input: (n, c_in, height, width),
+            padding,
+        };
+        (y, keep.then_some(tiles))
     } else {
         blocks.into_par_iter().for_each_init(
             || Scratch::new(&plan, max_tiles),
             |s, block| run_block(&plan, xs, w, epilogue, block, s),
         );
+        (y, None)
     }
-    y
 }
 
 /// The tile rows of `n` images of `tiles_y` tile rows each, in order, cut into blocks of `rows`
@@ -954,12 +987,20 @@ pub fn weight_grad_pays(n: usize, (c_in, c_out): (usize, usize), (oh, ow): (usiz
 }
 
 /// What [`conv3x3_backward`] computes: `∂x` with the forward pass's Winograd weights, `∂W` from
-/// the forward pass's input.
+/// the forward pass's input or its tiles.
 pub struct Wanted<'a> {
     /// `U` of the forward pass, when `∂x` is wanted.
     pub input_grad: Option<&'a WinogradWeights>,
-    /// The forward pass's input `[N, C_in, H, W]`, when `∂W` is wanted.
-    pub weight_grad: Option<ArrayView4<'a, f32>>,
+    /// What the forward pass kept, when `∂W` is wanted.
+    pub weight_grad: Option<WeightGradFrom<'a>>,
+}
+
+/// Where `∂W` comes from: the forward pass's input, transformed again, or the tiles it kept.
+pub enum WeightGradFrom<'a> {
+    /// The input `[N, C_in, H, W]`.
+    Input(ArrayView4<'a, f32>),
+    /// The input's tiles from [`conv3x3_keeping`].
+    Tiles(InputTiles),
 }
 
 /// The gradients of `y = conv(x, W)` (3×3, stride 1, zero padding `padding`, `x` of
@@ -985,11 +1026,17 @@ pub fn conv3x3_backward(
 ) -> (Option<Array4<f32>>, Option<Array4<f32>>) {
     let (n, c_out, out_height, out_width) = gy.dim();
     let (height, width) = input_size;
+    let input_dim = |from: &WeightGradFrom<'_>| match from {
+        WeightGradFrom::Input(x) => x.dim(),
+        WeightGradFrom::Tiles(t) => t.input,
+    };
     let c_in = match (&wanted.input_grad, &wanted.weight_grad) {
         (Some(u), _) => u.c_in,
-        (None, Some(x)) => x.dim().1,
+        (None, Some(from)) => input_dim(from).1,
         (None, None) => return (None, None),
     };
+    let (tiles_y, tiles_x) = (out_height.div_ceil(M_TILE), out_width.div_ceil(M_TILE));
+    let total = n * tiles_y * tiles_x;
     assert!(
         height + 2 * padding >= 3
             && out_height == height + 2 * padding - 2
@@ -997,18 +1044,31 @@ pub fn conv3x3_backward(
             && wanted
                 .input_grad
                 .is_none_or(|u| u.c_out == c_out && u.c_in == c_in)
-            && wanted
-                .weight_grad
-                .is_none_or(|x| x.dim() == (n, c_in, height, width)),
+            && wanted.weight_grad.as_ref().is_none_or(|from| {
+                input_dim(from) == (n, c_in, height, width)
+                    && match from {
+                        WeightGradFrom::Input(_) => true,
+                        WeightGradFrom::Tiles(t) => {
+                            t.padding == padding && t.v.dim() == (POSITIONS, c_in, total)
+                        }
+                    }
+            }),
         "Winograd backward: gradient {:?} does not fit the input {n}x{c_in}x{height}x{width}, \
          padding {padding}",
         gy.shape(),
     );
     let plan = Plan::new((c_in, c_out), (height, width), padding);
-    let (tiles_y, tiles_x) = (out_height.div_ceil(M_TILE), plan.tiles_x);
     let gy = gy.as_standard_layout();
     let gs = gy.as_slice().expect("standard layout");
-    let x = wanted.weight_grad.as_ref().map(|x| x.as_standard_layout());
+    // ∂W's input tiles: kept by the forward pass, or transformed below from its input.
+    let (input, mut v) = match wanted.weight_grad {
+        Some(WeightGradFrom::Input(x)) => {
+            (Some(x), Some(recycle::take_array((POSITIONS, c_in, total))))
+        }
+        Some(WeightGradFrom::Tiles(mut t)) => (None, Some(std::mem::take(&mut t.v))),
+        None => (None, None),
+    };
+    let x = input.as_ref().map(|x| x.as_standard_layout());
     let xs = x.as_ref().map(|x| x.as_slice().expect("standard layout"));
     let u = wanted.input_grad;
     let rows = rows_per_block(tiles_x, n * tiles_y);
@@ -1017,18 +1077,17 @@ pub fn conv3x3_backward(
         .iter()
         .map(|b| b.iter().map(|(_, t)| t.len() * tiles_x).sum())
         .collect();
-    let (total, max_tiles) = (n * tiles_y * tiles_x, rows * tiles_x);
+    let max_tiles = rows * tiles_x;
     // Per block, per piece: its rows of ∂x ([`input_transform_adjoint`]).
-    let (pieces, dw): (Vec<Vec<Vec<f32>>>, _) = if xs.is_some() || side_by_side(total) {
+    let (pieces, dw): (Vec<Vec<Vec<f32>>>, _) = if v.is_some() || side_by_side(total) {
         // The batch's M̄ (and V for ∂W) side by side, transformed per block.
         let mut m: Array3<f32> = recycle::take_array((POSITIONS, c_out, total));
-        let mut v: Option<Array3<f32>> = xs.map(|_| recycle::take_array((POSITIONS, c_in, total)));
-        let v_windows: Vec<Option<TilesMut<'_>>> = match &mut v {
-            Some(v) => windows(v.view_mut(), &sizes)
+        let v_windows: Vec<Option<TilesMut<'_>>> = match (&mut v, xs) {
+            (Some(v), Some(_)) => windows(v.view_mut(), &sizes)
                 .into_iter()
                 .map(Some)
                 .collect(),
-            None => sizes.iter().map(|_| None).collect(),
+            _ => sizes.iter().map(|_| None).collect(),
         };
         blocks
             .par_iter()
@@ -1400,7 +1459,7 @@ mod tests {
             let what = format!("{n}x{ci}->{co} {h}x{w}, p {p}");
             let both = Wanted {
                 input_grad: Some(&u),
-                weight_grad: Some(x.view()),
+                weight_grad: Some(WeightGradFrom::Input(x.view())),
             };
             let (dx, dw) = conv3x3_backward(gy.view(), (h, w), p, both);
             let (dx, dw) = (dx.expect("∂x"), dw.expect("∂W"));
@@ -1419,12 +1478,32 @@ mod tests {
             assert!(err <= BOUND, "{what}: ∂x alone {err:e}");
             let only_dw = Wanted {
                 input_grad: None,
-                weight_grad: Some(x.view()),
+                weight_grad: Some(WeightGradFrom::Input(x.view())),
             };
             let (none, alone) = conv3x3_backward(gy.view(), (h, w), p, only_dw);
             assert!(none.is_none(), "{what}: ∂x not asked for");
-            let err = relative_error(&alone.expect("∂W"), &want_dw);
+            let alone = alone.expect("∂W");
+            let err = relative_error(&alone, &want_dw);
             assert!(err <= BOUND, "{what}: ∂W alone {err:e}");
+            // From the tiles the forward pass kept (when it ran side by side): the same ∂W,
+            // to the bit, and the same ∂x next to it.
+            let (y, kept) = conv3x3_keeping(x.view(), &u, &Epilogue::default(), p, true);
+            assert_eq!(
+                y,
+                conv3x3(x.view(), &u, &Epilogue::default(), p),
+                "{what}: y"
+            );
+            let tiles = n * oh.div_ceil(M_TILE) * ow.div_ceil(M_TILE);
+            assert_eq!(kept.is_some(), side_by_side(tiles), "{what}: tiles kept");
+            if let Some(kept) = kept {
+                let from_tiles = Wanted {
+                    input_grad: Some(&u),
+                    weight_grad: Some(WeightGradFrom::Tiles(kept)),
+                };
+                let (dx_t, dw_t) = conv3x3_backward(gy.view(), (h, w), p, from_tiles);
+                assert_eq!(dw_t.expect("∂W"), alone, "{what}: ∂W from kept tiles");
+                assert_eq!(dx_t.expect("∂x"), dx, "{what}: ∂x beside kept tiles");
+            }
         }
     }
 
