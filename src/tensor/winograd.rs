@@ -72,6 +72,10 @@ const LANES: usize = 8;
 /// Pairs of channels per parallel job of the kernel transform.
 const PAIRS_PER_JOB: usize = 2048;
 
+/// Pairs of channels a job of the kernel transform transforms before copying them out (a
+/// multiple of [`LANES`]).
+const STAGED_PAIRS: usize = 256;
+
 /// Tiles per block, at least and at most: enough for the 36 products to run near peak, few
 /// enough that a block's `V` and `M` stay in the last-level cache next to `U` (measured on
 /// VGG16 and ResNet-18 shapes: 64 to 128 tiles are within noise of each other at 64 to 256
@@ -107,6 +111,47 @@ fn at6(m: [f32; 6]) -> [f32; 4] {
     ]
 }
 
+/// `dst = src` with stores that bypass the cache where the target has them (x86-64's
+/// non-temporal stores): for arrays written once and read much later, larger than the cache, it
+/// saves reading every destination line first. Call [`fence_streaming`] before the values are
+/// read on another thread.
+#[inline]
+fn copy_streaming(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len(), "copy_streaming: lengths");
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
+        // Up to the first 16-byte boundary, then four values per store, then the rest.
+        let head = dst.as_ptr().align_offset(16).min(dst.len());
+        let (dst_head, dst_body) = dst.split_at_mut(head);
+        dst_head.copy_from_slice(&src[..head]);
+        let (src_body, mut dst_body) = (&src[head..], dst_body);
+        let whole = dst_body.len() / 4 * 4;
+        for (d, s) in dst_body[..whole]
+            .chunks_exact_mut(4)
+            .zip(src_body.chunks_exact(4))
+        {
+            // SAFETY: `d` holds four f32 at a 16-byte aligned address (aligned above, moved in
+            // steps of 16 bytes) and `s` four readable f32; SSE is part of x86-64.
+            unsafe { _mm_stream_ps(d.as_mut_ptr(), _mm_loadu_ps(s.as_ptr())) };
+        }
+        dst_body = &mut dst_body[whole..];
+        dst_body.copy_from_slice(&src_body[whole..]);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    dst.copy_from_slice(src);
+}
+
+/// Orders the [`copy_streaming`] stores of this thread before its later stores.
+#[inline]
+fn fence_streaming() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a store fence has no preconditions; SSE is part of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
 /// `G·v` for one 3-vector (column or row of a kernel).
 #[inline(always)]
 fn g3(v: [f32; 3]) -> [f32; ALPHA] {
@@ -122,20 +167,30 @@ fn g3(v: [f32; 3]) -> [f32; ALPHA] {
     ]
 }
 
+/// [`g3`] of [`LANES`] 3-vectors at once, lane by lane: `v[i][l]` is value `i` of vector `l`.
+#[inline(always)]
+fn g3_lanes(v: [&[f32; LANES]; 3]) -> [[f32; LANES]; ALPHA] {
+    let mut out = [[0.0f32; LANES]; ALPHA];
+    for l in 0..LANES {
+        for (o, r) in out.iter_mut().zip(g3([v[0][l], v[1][l], v[2][l]])) {
+            o[l] = r;
+        }
+    }
+    out
+}
+
 /// `G·g·Gᵀ` of [`LANES`] kernels at once: `g[3·i + j][l]` is value `(i, j)` of kernel `l`, the
-/// result `[ξ][l]`.
+/// result `[ξ][l]`. Every step runs across the lanes, so it vectorises.
 #[inline(always)]
 fn kernel_transform(g: &[[f32; LANES]; 9]) -> [[f32; LANES]; POSITIONS] {
+    // G down each of the three columns: cols[j][a].
+    let cols: [[[f32; LANES]; ALPHA]; 3] =
+        std::array::from_fn(|j| g3_lanes([&g[j], &g[3 + j], &g[6 + j]]));
     let mut u = [[0.0f32; LANES]; POSITIONS];
-    for l in 0..LANES {
-        let cols: [[f32; ALPHA]; 3] =
-            std::array::from_fn(|j| g3([g[j][l], g[3 + j][l], g[6 + j][l]]));
-        for a in 0..ALPHA {
-            let row = g3([cols[0][a], cols[1][a], cols[2][a]]);
-            for (b, v) in row.into_iter().enumerate() {
-                u[a * ALPHA + b][l] = v;
-            }
-        }
+    for a in 0..ALPHA {
+        // G across row a.
+        let row = g3_lanes([&cols[0][a], &cols[1][a], &cols[2][a]]);
+        u[a * ALPHA..(a + 1) * ALPHA].copy_from_slice(&row);
     }
     u
 }
@@ -200,25 +255,28 @@ impl WinogradWeights {
                     .into_iter()
                     .map(|r| r.into_slice().expect("contiguous row"))
                     .collect();
-                for start in (0..n).step_by(LANES) {
-                    let lanes = LANES.min(n - start);
-                    let mut lg = [[0.0f32; LANES]; 9];
-                    for l in 0..lanes {
-                        for (lane, v) in lg.iter_mut().zip(kernel(first + start + l)) {
-                            lane[l] = v;
+                // Transformed into a small buffer first, then copied row by row: one write
+                // stream at a time instead of 36 interleaved ones.
+                let mut staged = vec![[0.0f32; STAGED_PAIRS]; POSITIONS];
+                for piece in (0..n).step_by(STAGED_PAIRS) {
+                    let len = STAGED_PAIRS.min(n - piece);
+                    for start in (0..len).step_by(LANES) {
+                        let lanes = LANES.min(len - start);
+                        let mut lg = [[0.0f32; LANES]; 9];
+                        for l in 0..lanes {
+                            for (lane, v) in lg.iter_mut().zip(kernel(first + piece + start + l)) {
+                                lane[l] = v;
+                            }
                         }
-                    }
-                    let u = kernel_transform(&lg);
-                    if lanes == LANES {
-                        for (row, v) in rows.iter_mut().zip(&u) {
+                        for (row, v) in staged.iter_mut().zip(&kernel_transform(&lg)) {
                             row[start..start + LANES].copy_from_slice(v);
                         }
-                    } else {
-                        for (row, v) in rows.iter_mut().zip(&u) {
-                            row[start..start + lanes].copy_from_slice(&v[..lanes]);
-                        }
+                    }
+                    for (row, v) in rows.iter_mut().zip(&staged) {
+                        copy_streaming(&mut row[piece..piece + len], &v[..len]);
                     }
                 }
+                fence_streaming();
             });
     }
 
@@ -1410,6 +1468,27 @@ mod tests {
             dw[[o, c, ki, kj]] += g * x[[i, c, iy, ix]] as f64;
         });
         (dx, dw)
+    }
+
+    #[test]
+    fn streaming_copies_any_offset_and_length_exactly() {
+        let src: Vec<f32> = (0..64).map(|i| i as f32 + 0.5).collect();
+        for offset in 0..6 {
+            for len in 0..=40 {
+                let mut dst = vec![-1.0f32; 64];
+                copy_streaming(&mut dst[offset..offset + len], &src[3..3 + len]);
+                fence_streaming();
+                assert_eq!(
+                    &dst[offset..offset + len],
+                    &src[3..3 + len],
+                    "{offset}+{len}"
+                );
+                assert!(dst[..offset]
+                    .iter()
+                    .chain(&dst[offset + len..])
+                    .all(|&v| v == -1.0));
+            }
+        }
     }
 
     #[test]
