@@ -93,6 +93,13 @@ pub struct Param {
     spare: Option<ArrayD<f32>>,
 }
 
+/// `dst = src` (same shape), in parallel.
+pub fn copy_into(dst: &mut ArrayD<f32>, src: &ArrayD<f32>) {
+    ndarray::Zip::from(dst)
+        .and(src)
+        .par_for_each(|d, &s| *d = s);
+}
+
 impl Clone for Param {
     /// The value, gradient, flags and version; not the spare gradient memory.
     fn clone(&self) -> Self {
@@ -181,6 +188,21 @@ impl Param {
     /// The value as it is now, for writing elsewhere later (see [`Snapshot`]).
     pub fn snapshot(&self) -> Snapshot {
         Snapshot(self.storage.clone())
+    }
+
+    /// [`Param::snapshot`], into `old`'s memory when it holds an owned copy of the same shape
+    /// (a previous snapshot's, already mapped; copied in parallel), which saves a fresh
+    /// allocation per parameter when snapshots are taken over and over.
+    pub fn snapshot_reusing(&self, old: Option<Snapshot>) -> Snapshot {
+        match (&self.storage, old) {
+            (Storage::Owned(value), Some(Snapshot(Storage::Owned(mut copy))))
+                if copy.shape() == value.shape() =>
+            {
+                copy_into(&mut copy, value);
+                Snapshot(Storage::Owned(copy))
+            }
+            _ => self.snapshot(),
+        }
     }
 
     /// The value for writing; a memory-mapped value is copied out of the map first.

@@ -22,6 +22,7 @@ use super::writer::{CheckpointWriter, EpochSnapshot};
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::loss::cross_entropy;
+use crate::nn::param::copy_into;
 use crate::nn::Context;
 use crate::weights::{TensorData, WeightFile};
 
@@ -152,19 +153,39 @@ impl AnyOptimizer {
 
     /// The state as named tensors (`<param>.momentum`; `<param>.m`, `<param>.v`, `<param>.step`).
     pub fn state_tensors(&self) -> Vec<(String, ArrayD<f32>)> {
+        self.state_tensors_reusing(Vec::new())
+    }
+
+    /// [`AnyOptimizer::state_tensors`], copying into the arrays of `old` (an earlier call's)
+    /// where names and shapes match.
+    pub fn state_tensors_reusing(
+        &self,
+        old: Vec<(String, ArrayD<f32>)>,
+    ) -> Vec<(String, ArrayD<f32>)> {
+        let mut old: HashMap<String, ArrayD<f32>> = old.into_iter().collect();
+        let mut copy = |name: String, value: &ArrayD<f32>| {
+            let array = match old.remove(&name) {
+                Some(mut a) if a.shape() == value.shape() => {
+                    copy_into(&mut a, value);
+                    a
+                }
+                _ => value.clone(),
+            };
+            (name, array)
+        };
         match self {
             AnyOptimizer::Sgd(s) => s
                 .state()
                 .iter()
-                .map(|(n, b)| (format!("{n}.momentum"), b.clone()))
+                .map(|(n, b)| copy(format!("{n}.momentum"), b))
                 .collect(),
             AnyOptimizer::Adam(a) => a
                 .state()
                 .iter()
                 .flat_map(|(n, s)| {
                     [
-                        (format!("{n}.m"), s.m.clone()),
-                        (format!("{n}.v"), s.v.clone()),
+                        copy(format!("{n}.m"), &s.m),
+                        copy(format!("{n}.v"), &s.v),
                         (
                             format!("{n}.step"),
                             ArrayD::from_elem(vec![1], s.step as f32),
@@ -567,11 +588,16 @@ pub fn fit(
             serde_json::to_string(&summary(&history, &stopper, false)).expect("summary serialises");
         holds_best = verdict == Verdict::Improved;
         // After the previous epoch's files: one snapshot at a time, files in epoch order.
-        writer.submit(|| EpochSnapshot {
-            checkpoint: model.checkpoint(&json),
-            best: holds_best,
-            optimizer: optimizer.state_tensors(),
-            history: history.clone(),
+        writer.submit(|previous| {
+            // Into the memory of the previous epoch's snapshot: no fresh pages to fault in.
+            let (checkpoint, state) =
+                previous.map_or((None, Vec::new()), |p| (Some(p.checkpoint), p.optimizer));
+            EpochSnapshot {
+                checkpoint: model.checkpoint_reusing(&json, checkpoint),
+                best: holds_best,
+                optimizer: optimizer.state_tensors_reusing(state),
+                history: history.clone(),
+            }
         })?;
         observer.on_epoch(&record);
         if verdict == Verdict::Stop {

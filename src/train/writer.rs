@@ -81,9 +81,12 @@ fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
 pub(super) struct CheckpointWriter {
     /// Closed on drop, which ends the thread.
     queue: Option<Sender<EpochSnapshot>>,
-    results: Receiver<Result<()>>,
+    /// Each snapshot's result, with the snapshot (its memory serves the next one).
+    results: Receiver<(Result<()>, EpochSnapshot)>,
     thread: Option<JoinHandle<()>>,
     in_flight: bool,
+    /// The last snapshot written.
+    spare: Option<EpochSnapshot>,
 }
 
 impl CheckpointWriter {
@@ -93,7 +96,8 @@ impl CheckpointWriter {
         let (done, results) = mpsc::channel();
         let thread = std::thread::spawn(move || {
             for job in jobs {
-                let _ = done.send(job.write(&files));
+                let written = job.write(&files);
+                let _ = done.send((written, job));
             }
         });
         CheckpointWriter {
@@ -101,6 +105,7 @@ impl CheckpointWriter {
             results,
             thread: Some(thread),
             in_flight: false,
+            spare: None,
         }
     }
 
@@ -113,7 +118,10 @@ impl CheckpointWriter {
             return Ok(());
         }
         match self.results.recv() {
-            Ok(written) => written,
+            Ok((written, snapshot)) => {
+                self.spare = Some(snapshot);
+                written
+            }
             // The thread ended without an answer: it panicked, and so does the caller.
             Err(_) => match self.thread.take().map(JoinHandle::join) {
                 Some(Err(panic)) => std::panic::resume_unwind(panic),
@@ -123,13 +131,17 @@ impl CheckpointWriter {
     }
 
     /// Waits for the snapshot in flight (see [`CheckpointWriter::wait`]), then takes the next
-    /// one with `take` and hands it to the thread: at most one snapshot exists at a time.
+    /// one with `take`, which is given the last snapshot written (if any) to reuse its memory,
+    /// and hands it to the thread: at most one snapshot exists at a time.
     ///
     /// # Errors
     /// The error of the snapshot in flight; the next one is then not taken.
-    pub fn submit(&mut self, take: impl FnOnce() -> EpochSnapshot) -> Result<()> {
+    pub fn submit(
+        &mut self,
+        take: impl FnOnce(Option<EpochSnapshot>) -> EpochSnapshot,
+    ) -> Result<()> {
         self.wait()?;
-        let snapshot = take();
+        let snapshot = take(self.spare.take());
         self.queue
             .as_ref()
             .and_then(|q| q.send(snapshot).ok())
