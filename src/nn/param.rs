@@ -261,7 +261,9 @@ impl Param {
                 self.grad = Some(match self.spare.take() {
                     // The last step's memory, already mapped: no fresh pages to fault in.
                     Some(mut spare) if spare.shape() == g.shape() => {
-                        spare.assign(&g);
+                        ndarray::Zip::from(&mut spare)
+                            .and(&g)
+                            .par_for_each(|d, &s| *d = s);
                         spare
                     }
                     _ => g.to_owned(),
