@@ -94,7 +94,7 @@ pub struct Param {
 }
 
 /// `dst = src` (same shape), in parallel.
-pub fn copy_into(dst: &mut ArrayD<f32>, src: &ArrayD<f32>) {
+pub fn copy_into(dst: &mut ArrayD<f32>, src: &ArrayViewD<'_, f32>) {
     ndarray::Zip::from(dst)
         .and(src)
         .par_for_each(|d, &s| *d = s);
@@ -198,7 +198,7 @@ impl Param {
             (Storage::Owned(value), Some(Snapshot(Storage::Owned(mut copy))))
                 if copy.shape() == value.shape() =>
             {
-                copy_into(&mut copy, value);
+                copy_into(&mut copy, &value.view());
                 Snapshot(Storage::Owned(copy))
             }
             _ => self.snapshot(),
@@ -261,9 +261,7 @@ impl Param {
                 self.grad = Some(match self.spare.take() {
                     // The last step's memory, already mapped: no fresh pages to fault in.
                     Some(mut spare) if spare.shape() == g.shape() => {
-                        ndarray::Zip::from(&mut spare)
-                            .and(&g)
-                            .par_for_each(|d, &s| *d = s);
+                        copy_into(&mut spare, &g);
                         spare
                     }
                     _ => g.to_owned(),

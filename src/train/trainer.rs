@@ -166,7 +166,7 @@ impl AnyOptimizer {
         let mut copy = |name: String, value: &ArrayD<f32>| {
             let array = match old.remove(&name) {
                 Some(mut a) if a.shape() == value.shape() => {
-                    copy_into(&mut a, value);
+                    copy_into(&mut a, &value.view());
                     a
                 }
                 _ => value.clone(),

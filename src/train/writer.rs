@@ -3,7 +3,9 @@
 //! At the end of an epoch the training thread takes an [`EpochSnapshot`] (owned copies of the
 //! weights and the optimizer state, the history) and hands it to the [`CheckpointWriter`]. At most
 //! one snapshot is in flight: the next one is taken only after it is written, so the files are
-//! written in epoch order and memory holds one snapshot.
+//! written in epoch order and memory holds one snapshot. A written snapshot comes back to the
+//! training thread, and the next one is copied into its memory (fresh pages for every epoch's
+//! copy cost ResNet-18 30–40 ms per epoch).
 
 use std::collections::HashMap;
 use std::io::Write;
