@@ -620,20 +620,15 @@ impl Model {
     }
 
     /// What [`Model::save_checkpoint`] would write now, owned, to be saved later or on another
-    /// thread with [`Checkpoint::save`].
-    pub fn checkpoint(&self, training: &str) -> Checkpoint {
-        self.checkpoint_reusing(training, None)
-    }
-
-    /// [`Model::checkpoint`], copying into the memory of `old` (an earlier checkpoint of this
-    /// model) where its tensors have the same names and shapes.
-    pub fn checkpoint_reusing(&self, training: &str, old: Option<Checkpoint>) -> Checkpoint {
-        let mut old: HashMap<String, Snapshot> = old
+    /// thread with [`Checkpoint::save`]; copied into the memory of `reuse` (an earlier checkpoint
+    /// of this model) where its tensors have the same names and shapes.
+    pub fn checkpoint(&self, training: &str, reuse: Option<Checkpoint>) -> Checkpoint {
+        let mut old: HashMap<String, Snapshot> = reuse
             .map(|c| c.tensors.into_iter().collect())
             .unwrap_or_default();
         let mut tensors = Vec::new();
         self.net.visit("", &mut |name, p| {
-            tensors.push((name.to_string(), p.snapshot_reusing(old.remove(name))))
+            tensors.push((name.to_string(), p.snapshot(old.remove(name))))
         });
         Checkpoint {
             tensors,

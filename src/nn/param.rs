@@ -93,11 +93,18 @@ pub struct Param {
     spare: Option<ArrayD<f32>>,
 }
 
-/// `dst = src` (same shape), in parallel.
-pub fn copy_into(dst: &mut ArrayD<f32>, src: &ArrayViewD<'_, f32>) {
-    ndarray::Zip::from(dst)
-        .and(src)
-        .par_for_each(|d, &s| *d = s);
+/// An owned copy of `src`, in `reuse`'s memory when it has the same shape (copied in parallel;
+/// memory that was written before has no fresh pages to fault in), else in a new array.
+pub fn copy_reusing(reuse: Option<ArrayD<f32>>, src: ArrayViewD<'_, f32>) -> ArrayD<f32> {
+    match reuse {
+        Some(mut dst) if dst.shape() == src.shape() => {
+            ndarray::Zip::from(&mut dst)
+                .and(&src)
+                .par_for_each(|d, &s| *d = s);
+            dst
+        }
+        _ => src.to_owned(),
+    }
 }
 
 impl Clone for Param {
@@ -185,24 +192,20 @@ impl Param {
         self.storage.view()
     }
 
-    /// The value as it is now, for writing elsewhere later (see [`Snapshot`]).
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot(self.storage.clone())
-    }
-
-    /// [`Param::snapshot`], into `old`'s memory when it holds an owned copy of the same shape
-    /// (a previous snapshot's, already mapped; copied in parallel), which saves a fresh
-    /// allocation per parameter when snapshots are taken over and over.
-    pub fn snapshot_reusing(&self, old: Option<Snapshot>) -> Snapshot {
-        match (&self.storage, old) {
-            (Storage::Owned(value), Some(Snapshot(Storage::Owned(mut copy))))
-                if copy.shape() == value.shape() =>
-            {
-                copy_into(&mut copy, &value.view());
-                Snapshot(Storage::Owned(copy))
+    /// The value as it is now, for writing elsewhere later (see [`Snapshot`]). An owned value is
+    /// copied into `reuse`'s memory when that is an owned snapshot of the same shape
+    /// ([`copy_reusing`]), for snapshots taken over and over.
+    pub fn snapshot(&self, reuse: Option<Snapshot>) -> Snapshot {
+        Snapshot(match &self.storage {
+            Storage::Owned(value) => {
+                let reuse = reuse.and_then(|Snapshot(s)| match s {
+                    Storage::Owned(a) => Some(a),
+                    Storage::Mapped { .. } => None,
+                });
+                Storage::Owned(copy_reusing(reuse, value.view()))
             }
-            _ => self.snapshot(),
-        }
+            mapped @ Storage::Mapped { .. } => mapped.clone(),
+        })
     }
 
     /// The value for writing; a memory-mapped value is copied out of the map first.
@@ -257,16 +260,8 @@ impl Param {
         assert_eq!(g.shape(), self.shape(), "gradient shape");
         match &mut self.grad {
             Some(acc) => *acc += &g,
-            None => {
-                self.grad = Some(match self.spare.take() {
-                    // The last step's memory, already mapped: no fresh pages to fault in.
-                    Some(mut spare) if spare.shape() == g.shape() => {
-                        copy_into(&mut spare, &g);
-                        spare
-                    }
-                    _ => g.to_owned(),
-                })
-            }
+            // Into the last step's gradient memory.
+            None => self.grad = Some(copy_reusing(self.spare.take(), g)),
         }
     }
 
@@ -287,7 +282,7 @@ mod tests {
         let mut p = Param::new(ParamKind::Weight, ArrayD::zeros(IxDyn(&[2, 3])));
         let mut seen = vec![p.version()];
         let _ = p.value();
-        let _ = p.snapshot();
+        let _ = p.snapshot(None);
         p.grad = Some(ArrayD::ones(IxDyn(&[2, 3])));
         assert_eq!(p.version(), seen[0], "reads and gradients leave it");
         let copy = p.clone();

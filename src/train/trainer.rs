@@ -22,7 +22,7 @@ use super::writer::{CheckpointWriter, EpochSnapshot};
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::loss::cross_entropy;
-use crate::nn::param::copy_into;
+use crate::nn::param::copy_reusing;
 use crate::nn::Context;
 use crate::weights::{TensorData, WeightFile};
 
@@ -151,26 +151,13 @@ impl AnyOptimizer {
         }
     }
 
-    /// The state as named tensors (`<param>.momentum`; `<param>.m`, `<param>.v`, `<param>.step`).
-    pub fn state_tensors(&self) -> Vec<(String, ArrayD<f32>)> {
-        self.state_tensors_reusing(Vec::new())
-    }
-
-    /// [`AnyOptimizer::state_tensors`], copying into the arrays of `old` (an earlier call's)
-    /// where names and shapes match.
-    pub fn state_tensors_reusing(
-        &self,
-        old: Vec<(String, ArrayD<f32>)>,
-    ) -> Vec<(String, ArrayD<f32>)> {
-        let mut old: HashMap<String, ArrayD<f32>> = old.into_iter().collect();
+    /// The state as named tensors (`<param>.momentum`; `<param>.m`, `<param>.v`, `<param>.step`),
+    /// copied into the arrays of `reuse` (an earlier call's result, or empty) where names and
+    /// shapes match ([`copy_reusing`]).
+    pub fn state_tensors(&self, reuse: Vec<(String, ArrayD<f32>)>) -> Vec<(String, ArrayD<f32>)> {
+        let mut reuse: HashMap<String, ArrayD<f32>> = reuse.into_iter().collect();
         let mut copy = |name: String, value: &ArrayD<f32>| {
-            let array = match old.remove(&name) {
-                Some(mut a) if a.shape() == value.shape() => {
-                    copy_into(&mut a, &value.view());
-                    a
-                }
-                _ => value.clone(),
-            };
+            let array = copy_reusing(reuse.remove(&name), value.view());
             (name, array)
         };
         match self {
@@ -593,9 +580,9 @@ pub fn fit(
             let (checkpoint, state) =
                 previous.map_or((None, Vec::new()), |p| (Some(p.checkpoint), p.optimizer));
             EpochSnapshot {
-                checkpoint: model.checkpoint_reusing(&json, checkpoint),
+                checkpoint: model.checkpoint(&json, checkpoint),
                 best: holds_best,
-                optimizer: optimizer.state_tensors_reusing(state),
+                optimizer: optimizer.state_tensors(state),
                 history: history.clone(),
             }
         })?;
