@@ -44,6 +44,12 @@
 //!   the 4×4 tiles are interleaved into the output rows through the [`Epilogue`] (bias, a folded
 //!   BatchNorm, an optional ReLU).
 //!
+//! When the batch's few tiles come from eight images or more (ResNet-18's layer4: 7×7 maps, four
+//! tiles per image), the batch's tiles are ordered tile by tile with the images innermost, and the
+//! transforms run per channel with the images as the lanes: each channel's maps are interleaved
+//! image by image, so every value of a tile's window is one contiguous run over the images, and
+//! nothing is gathered value by value.
+//!
 //! Backward ([`conv3x3_backward`]) runs the transposes of these steps: the output gradient's tiles
 //! `M̄ = A·Ȳ·Aᵀ`, then `∂x` from `V̄[ξ] = U[ξ]ᵀ·M̄[ξ]` with the forward pass's `U` (`B·V̄·Bᵀ` per
 //! tile, summed where the 6×6 input patches overlap) and `∂W = Gᵀ·(M̄[ξ]·V[ξ]ᵀ)·G`.
@@ -81,6 +87,9 @@ const STAGED_PAIRS: usize = 256;
 /// VGG16 and ResNet-18 shapes: 64 to 128 tiles are within noise of each other at 64 to 256
 /// channels, and best at 512).
 const MIN_BLOCK_TILES: usize = 64;
+/// Fewest images for a side-by-side batch's transforms to run with the images as the vector lanes
+/// ([`by_images`]).
+const MIN_LANE_IMAGES: usize = 8;
 const MAX_BLOCK_TILES: usize = 128;
 
 /// `Bᵀ·d` for one 6-vector (column or row of an input patch).
@@ -331,6 +340,18 @@ impl Plan {
             row_len: M_TILE * (tiles_x + 1),
         }
     }
+
+    /// Tile rows per image.
+    fn tiles_y(&self) -> usize {
+        (self.height + 2 * self.padding - 2).div_ceil(M_TILE)
+    }
+
+    /// `V` `[36, C_in, T]` of `n` images `x` (standard layout) in [`by_images`] order.
+    fn input_tiles_by_images(&self, x: &[f32], n: usize, v: TilesMut<'_>) {
+        let size = (n, self.height, self.width);
+        let tiles = (self.tiles_y(), self.tiles_x);
+        tiles_by_images::<ALPHA>(x, size, self.padding, tiles, v, bt6);
+    }
 }
 
 /// Tile rows of one image: `(image, tile rows)`.
@@ -433,7 +454,12 @@ fn channel_rows<'a>(tiles: Tiles<'a>, c: usize) -> [&'a [f32]; POSITIONS] {
     })
 }
 
+/// Lanes of one vector step of [`lanes`]: an AVX-512 register of `f32`.
+const VECTOR: usize = 16;
+
 /// `out[·][k] = f(inp[·][k])` for `k < n`: one 1-D transform per lane, the lanes contiguous.
+/// [`VECTOR`] lanes at a time go through local arrays, so the compiler vectorises the step
+/// without proving that a dozen slices do not overlap (it gives up on that and runs scalar code).
 #[inline(always)]
 fn lanes<const I: usize, const O: usize>(
     n: usize,
@@ -443,7 +469,22 @@ fn lanes<const I: usize, const O: usize>(
 ) {
     let inp = inp.map(|s| &s[..n]);
     let mut out = out.map(|s| &mut s[..n]);
-    for k in 0..n {
+    let whole = n - n % VECTOR;
+    for k0 in (0..whole).step_by(VECTOR) {
+        let x: [[f32; VECTOR]; I] =
+            std::array::from_fn(|i| inp[i][k0..k0 + VECTOR].try_into().expect("VECTOR lanes"));
+        let mut y = [[0.0f32; VECTOR]; O];
+        for l in 0..VECTOR {
+            let v = f(std::array::from_fn(|i| x[i][l]));
+            for (y, v) in y.iter_mut().zip(v) {
+                y[l] = v;
+            }
+        }
+        for (o, y) in out.iter_mut().zip(&y) {
+            o[k0..k0 + VECTOR].copy_from_slice(y);
+        }
+    }
+    for k in whole..n {
         let v = f(std::array::from_fn(|i| inp[i][k]));
         for (o, v) in out.iter_mut().zip(v) {
             o[k] = v;
@@ -701,6 +742,137 @@ fn rows_per_block(tiles_x: usize, tile_rows: usize) -> usize {
     tile_rows.div_ceil(blocks.max(1)).max(1)
 }
 
+/// Whether the batch's tiles are few enough to keep side by side ([`side_by_side`]) and the images
+/// many enough to be the transforms' vector lanes: tile `(ty, tx)` of image `i` then sits in
+/// column `(ty·tiles_x + tx)·N + i`, and each channel's tiles are transformed window by window
+/// with the `N` images side by side in one vector. On maps of a few tiles (ResNet-18's layer4: 7×7,
+/// four tiles per image) lanes across the tiles of a block are mostly spent gathering windows
+/// value by value; lanes across the images are one contiguous load per window position.
+fn by_images(n: usize, tiles: usize) -> bool {
+    n >= MIN_LANE_IMAGES && side_by_side(tiles)
+}
+
+/// The rows of one channel's plane for [`by_images`]: `planes[q·N + i]` is value `q` (in C order
+/// over the `H×W` map) of image `i`, from `x` `[N, C, H, W]` (standard layout).
+fn interleave_images(x: &[f32], (n, channels, c): (usize, usize, usize), planes: &mut [f32]) {
+    let len = planes.len() / n;
+    for i in 0..n {
+        let plane = &x[(i * channels + c) * len..][..len];
+        for (q, v) in plane.iter().enumerate() {
+            planes[q * n + i] = *v;
+        }
+    }
+}
+
+/// `f(c, channel c's view, buffers)` for every channel (axis 1) of `a`, in parallel, each thread
+/// with its own buffers of the lengths `lens`.
+fn per_channel<D: ndarray::RemoveAxis, const K: usize>(
+    mut a: ndarray::ArrayViewMut<'_, f32, D>,
+    lens: [usize; K],
+    f: impl Fn(usize, ndarray::ArrayViewMut<'_, f32, D::Smaller>, &mut [Vec<f32>; K]) + Sync + Send,
+) {
+    a.axis_iter_mut(Axis(1))
+        .into_par_iter()
+        .enumerate()
+        .for_each_init(
+            || lens.map(|len| vec![0.0f32; len]),
+            |buffers, (c, view)| f(c, view, buffers),
+        );
+}
+
+/// The Winograd-domain tiles `out` `[36, C, T]` of a batch in [`by_images`] order from `src`
+/// `[N, C, H, W]` (standard layout): the `K`×`K` window of each tile, at `(4·ty − p, 4·tx − p)`
+/// and zero outside the map, through `f` down its columns and then across its rows, in parallel
+/// over the channels. The input transform `V = Bᵀ·d·B` is `K` = 6 with [`bt6`], the output
+/// gradient's `M̄ = A·Ȳ·Aᵀ` `K` = 4 with [`a4`] and no offset.
+fn tiles_by_images<const K: usize>(
+    src: &[f32],
+    (n, h, w): (usize, usize, usize),
+    p: usize,
+    (tiles_y, tiles_x): (usize, usize),
+    out: TilesMut<'_>,
+    f: impl Fn([f32; K]) -> [f32; ALPHA] + Copy + Sync + Send,
+) {
+    let channels = out.dim().1;
+    per_channel(
+        out,
+        [h * w * n, n, ALPHA * K * n],
+        |c, mut rows, [planes, zeros, half]| {
+            interleave_images(src, (n, channels, c), planes);
+            let mut out = channel_rows_mut(&mut rows);
+            for (ty, tx) in ndarray::indices((tiles_y, tiles_x)) {
+                let t0 = (ty * tiles_x + tx) * n;
+                // The window's value (i, j) of every image.
+                let at = |i: usize, j: usize| -> &[f32] {
+                    match (
+                        (M_TILE * ty + i).checked_sub(p),
+                        (M_TILE * tx + j).checked_sub(p),
+                    ) {
+                        (Some(r), Some(col)) if r < h && col < w => {
+                            &planes[(r * w + col) * n..][..n]
+                        }
+                        _ => &zeros[..],
+                    }
+                };
+                // Down each of the K columns j: half[6·j + a].
+                for j in 0..K {
+                    let down = std::array::from_fn(|i| at(i, j));
+                    lanes(n, down, chunks_mut::<ALPHA>(half, ALPHA * j, n), f);
+                }
+                // Across each of the six rows a: out[6·a + b].
+                for (a, row) in out.iter_mut().enumerate() {
+                    let across = std::array::from_fn(|j| &half[(ALPHA * j + a) * n..][..n]);
+                    lanes(n, across, row.each_mut().map(|r| &mut r[t0..t0 + n]), f);
+                }
+            }
+        },
+    );
+}
+
+/// `Aᵀ·M·A` of the whole batch's tiles `m` `[36, C_out, T]` in [`by_images`] order, through the
+/// epilogue, into `y` `[N, C_out, OH, OW]`, in parallel over the channels.
+fn output_transform_images(plan: &Plan, m: Tiles<'_>, epilogue: &Epilogue, y: &mut Array4<f32>) {
+    let Plan {
+        out_width: ow,
+        tiles_x,
+        ..
+    } = *plan;
+    let (n, _, oh, _) = y.dim();
+    let tiles_y = oh.div_ceil(M_TILE);
+    per_channel(
+        y.view_mut(),
+        [oh * ow * n, ALPHA * M_TILE * n, M_TILE * n],
+        |o, mut images, [planes, half, tile]| {
+            let m = channel_rows(m, o);
+            for (ty, tx) in ndarray::indices((tiles_y, tiles_x)) {
+                let t0 = (ty * tiles_x + tx) * n;
+                // Aᵀ down each of the six columns b: half[4·b + r].
+                for b in 0..ALPHA {
+                    let down = std::array::from_fn(|a| &m[ALPHA * a + b][t0..t0 + n]);
+                    lanes(n, down, chunks_mut::<M_TILE>(half, M_TILE * b, n), at6);
+                }
+                // A across each of the four rows r, into the rows inside the output.
+                for r in (0..M_TILE).take_while(|r| M_TILE * ty + r < oh) {
+                    let across = std::array::from_fn(|b| &half[(M_TILE * b + r) * n..][..n]);
+                    lanes(n, across, chunks_mut::<M_TILE>(tile, 0, n), at6);
+                    let row = M_TILE * ty + r;
+                    for c in (0..M_TILE).take_while(|c| M_TILE * tx + c < ow) {
+                        planes[(row * ow + M_TILE * tx + c) * n..][..n]
+                            .copy_from_slice(&tile[c * n..][..n]);
+                    }
+                }
+            }
+            let k = epilogue.channel(o);
+            for (i, mut image) in images.outer_iter_mut().enumerate() {
+                let image = image.as_slice_mut().expect("contiguous output plane");
+                for (q, d) in image.iter_mut().enumerate() {
+                    *d = epilogue.apply(k, planes[q * n + i]);
+                }
+            }
+        },
+    );
+}
+
 /// `y = epilogue(conv(x, g))` for a 3×3 kernel, stride 1 and zero padding `padding` (the
 /// epilogue: per output channel a scale and shift, which carry the bias and a folded BatchNorm,
 /// then an optional ReLU), by Winograd F(4×4, 3×3). `x` is `[N, C_in, H, W]` (any layout), `y`
@@ -727,6 +899,8 @@ pub struct InputTiles {
     /// `(N, C_in, H, W)` of the input.
     input: (usize, usize, usize, usize),
     padding: usize,
+    /// Whether the tiles are in [`by_images`] order (else block by block).
+    by_images: bool,
 }
 
 impl Drop for InputTiles {
@@ -761,6 +935,23 @@ pub fn conv3x3_keeping(
     if n == 0 || w.c_out == 0 {
         return (y, None);
     }
+    let total = n * tiles_y * tiles_x;
+    if by_images(n, total) {
+        // V and M are written in full before they are read.
+        let mut v: Array3<f32> = recycle::take_array((POSITIONS, c_in, total));
+        let mut m: Array3<f32> = recycle::take_array((POSITIONS, w.c_out, total));
+        plan.input_tiles_by_images(xs, n, v.view_mut());
+        products(|xi| w.position(xi), v.view(), m.view_mut(), true);
+        output_transform_images(&plan, m.view(), epilogue, &mut y);
+        recycle::give_array(m);
+        let tiles = InputTiles {
+            v,
+            input: (n, c_in, height, width),
+            padding,
+            by_images: true,
+        };
+        return (y, keep.then_some(tiles));
+    }
     let rows = rows_per_block(tiles_x, n * tiles_y);
     // Each block's pieces take their output rows, image by image in order.
     let mut rests: Vec<Option<ArrayViewMut3<'_, f32>>> =
@@ -782,7 +973,6 @@ pub fn conv3x3_keeping(
         })
         .collect();
     let max_tiles = rows * tiles_x;
-    let total = n * tiles_y * tiles_x;
     if side_by_side(total) {
         // Transforms per block into the batch's V, the products per position, then the output
         // transforms per block from the batch's M.
@@ -812,6 +1002,7 @@ pub fn conv3x3_keeping(
             v,
             input: (n, c_in, height, width),
             padding,
+            by_images: false,
         };
         (y, keep.then_some(tiles))
     } else {
@@ -1028,6 +1219,63 @@ fn input_transform_adjoint(
     out
 }
 
+/// The adjoint of [`tiles_by_images`]'s input transform: `B·V̄·Bᵀ` of every tile of `v_bar` `[36, C_in, T]`
+/// ([`by_images`] order), summed where tiles overlap, into `dx` `[N, C_in, H, W]` (every value
+/// written; those that fall on the padding are dropped), in parallel over the channels.
+fn input_transform_adjoint_images(plan: &Plan, v_bar: Tiles<'_>, dx: &mut Array4<f32>) {
+    let Plan {
+        height: h,
+        width: w,
+        padding: p,
+        tiles_x,
+        ..
+    } = *plan;
+    let n = dx.dim().0;
+    let tiles_y = (h + 2 * p - 2).div_ceil(M_TILE);
+    per_channel(
+        dx.view_mut(),
+        [h * w * n, POSITIONS * n, POSITIONS * n],
+        |c, mut images, [planes, half, window]| {
+            planes.fill(0.0);
+            let v_bar = channel_rows(v_bar, c);
+            for (ty, tx) in ndarray::indices((tiles_y, tiles_x)) {
+                let t0 = (ty * tiles_x + tx) * n;
+                // B across each of the six rows a: half[6·a + j].
+                for a in 0..ALPHA {
+                    let across = std::array::from_fn(|b| &v_bar[ALPHA * a + b][t0..t0 + n]);
+                    lanes(n, across, chunks_mut::<ALPHA>(half, ALPHA * a, n), b6);
+                }
+                // B down each of the six columns j: window[6·j + i].
+                for j in 0..ALPHA {
+                    let down = std::array::from_fn(|a| &half[(ALPHA * a + j) * n..][..n]);
+                    lanes(n, down, chunks_mut::<ALPHA>(window, ALPHA * j, n), b6);
+                }
+                // Added at the window's place in the map.
+                for (i, j) in ndarray::indices((ALPHA, ALPHA)) {
+                    let (Some(r), Some(col)) = (
+                        (M_TILE * ty + i).checked_sub(p),
+                        (M_TILE * tx + j).checked_sub(p),
+                    ) else {
+                        continue;
+                    };
+                    if r < h && col < w {
+                        let sum = &mut planes[(r * w + col) * n..][..n];
+                        for (d, v) in sum.iter_mut().zip(&window[(ALPHA * j + i) * n..][..n]) {
+                            *d += *v;
+                        }
+                    }
+                }
+            }
+            for (i, mut image) in images.outer_iter_mut().enumerate() {
+                let image = image.as_slice_mut().expect("contiguous gradient plane");
+                for (q, d) in image.iter_mut().enumerate() {
+                    *d = planes[q * n + i];
+                }
+            }
+        },
+    );
+}
+
 /// Most bytes the Winograd-domain tiles of one [`conv3x3_backward`] may keep for `∂W` (input and
 /// gradient together); larger problems take im2col.
 pub const WEIGHT_GRAD_BYTES: usize = 256 << 20;
@@ -1118,6 +1366,14 @@ pub fn conv3x3_backward(
     let plan = Plan::new((c_in, c_out), (height, width), padding);
     let gy = gy.as_standard_layout();
     let gs = gy.as_slice().expect("standard layout");
+    // Kept tiles come in the order their forward pass chose.
+    let images = match &wanted.weight_grad {
+        Some(WeightGradFrom::Tiles(t)) => t.by_images,
+        _ => by_images(n, total),
+    };
+    if images {
+        return backward_by_images(&plan, gs, n, wanted);
+    }
     // ∂W's input tiles: kept by the forward pass, or transformed below from its input.
     let (input, mut v) = match wanted.weight_grad {
         Some(WeightGradFrom::Input(x)) => {
@@ -1160,18 +1416,9 @@ pub fn conv3x3_backward(
                     }
                 },
             );
-        let dw = v.as_ref().map(|v| weight_grad(v.view(), m.view()));
-        // V̄ = Uᵀ·M̄ into V's buffer (V is used up), back per block.
-        let pieces = u.map_or_else(Vec::new, |u| {
-            let mut v_bar = v
-                .take()
-                .unwrap_or_else(|| recycle::take_array((POSITIONS, c_in, total)));
-            products(
-                |xi| u.position(xi).reversed_axes(),
-                m.view(),
-                v_bar.view_mut(),
-                true,
-            );
+        let (dw, v_bar) = weight_grad_and_v_bar(v, m, u);
+        // V̄ back per block.
+        let pieces = v_bar.map_or_else(Vec::new, |mut v_bar| {
             let pieces = blocks
                 .par_iter()
                 .zip(windows(v_bar.view_mut(), &sizes))
@@ -1185,10 +1432,6 @@ pub fn conv3x3_backward(
             recycle::give_array(v_bar);
             pieces
         });
-        if let Some(v) = v {
-            recycle::give_array(v);
-        }
-        recycle::give_array(m);
         (pieces, dw)
     } else {
         // ∂x alone over many tiles: each block on its own thread.
@@ -1242,6 +1485,70 @@ pub fn conv3x3_backward(
     });
     pieces.into_iter().flatten().for_each(recycle::give);
     (dx, dw)
+}
+
+/// [`conv3x3_backward`] with the batch's tiles in [`by_images`] order: `M̄` of the whole batch,
+/// `∂W` from it and `V`, `V̄ = Uᵀ·M̄` into `V`'s buffer (used up by then) and its adjoint
+/// transform into `∂x`.
+fn backward_by_images(
+    plan: &Plan,
+    gy: &[f32],
+    n: usize,
+    wanted: Wanted<'_>,
+) -> (Option<Array4<f32>>, Option<Array4<f32>>) {
+    let (c_in, c_out) = (plan.c_in, plan.c_out);
+    let tiles = (plan.tiles_y(), plan.tiles_x);
+    let total = n * tiles.0 * tiles.1;
+    // M̄, V and V̄ are written in full before they are read.
+    let mut m: Array3<f32> = recycle::take_array((POSITIONS, c_out, total));
+    let out_size = (n, plan.height + 2 * plan.padding - 2, plan.out_width);
+    tiles_by_images::<M_TILE>(gy, out_size, 0, tiles, m.view_mut(), a4);
+    let v = wanted.weight_grad.map(|from| match from {
+        WeightGradFrom::Input(x) => {
+            let x = x.as_standard_layout();
+            let mut v: Array3<f32> = recycle::take_array((POSITIONS, c_in, total));
+            plan.input_tiles_by_images(x.as_slice().expect("standard layout"), n, v.view_mut());
+            v
+        }
+        WeightGradFrom::Tiles(mut t) => std::mem::take(&mut t.v),
+    });
+    let (dw, v_bar) = weight_grad_and_v_bar(v, m, wanted.input_grad);
+    let dx = v_bar.map(|v_bar| {
+        let mut dx: Array4<f32> = recycle::take_array((n, c_in, plan.height, plan.width));
+        input_transform_adjoint_images(plan, v_bar.view(), &mut dx);
+        recycle::give_array(v_bar);
+        dx
+    });
+    (dx, dw)
+}
+
+/// From the batch's output-gradient tiles `m` (`M̄` `[36, C_out, T]`): `∂W` when the input's
+/// tiles `v` are given, and `V̄ = Uᵀ·M̄` `[36, C_in, T]` when `u` is, in `V`'s buffer once `∂W`
+/// has used it. `M̄` and any buffer left unused go back to the pool.
+fn weight_grad_and_v_bar(
+    mut v: Option<Array3<f32>>,
+    m: Array3<f32>,
+    u: Option<&WinogradWeights>,
+) -> (Option<Array4<f32>>, Option<Array3<f32>>) {
+    let dw = v.as_ref().map(|v| weight_grad(v.view(), m.view()));
+    let v_bar = u.map(|u| {
+        // Written in full by the products.
+        let mut v_bar = v
+            .take()
+            .unwrap_or_else(|| recycle::take_array((POSITIONS, u.c_in, m.dim().2)));
+        products(
+            |xi| u.position(xi).reversed_axes(),
+            m.view(),
+            v_bar.view_mut(),
+            true,
+        );
+        v_bar
+    });
+    if let Some(v) = v {
+        recycle::give_array(v);
+    }
+    recycle::give_array(m);
+    (dw, v_bar)
 }
 
 /// `∂W = Gᵀ·(M̄[ξ]·V[ξ]ᵀ)·G` `[C_out, C_in, 3, 3]` from the batch's tiles `V` `[36, C_in, T]`
@@ -1412,6 +1719,11 @@ mod tests {
             (5, 20, 24, 7, 7, 1),
             (4, 512, 512, 2, 2, 1),
             (9, 256, 128, 1, 3, 1),
+            // Eight images or more over few tiles: the images are the transforms' lanes.
+            (16, 64, 32, 7, 7, 1),
+            (8, 5, 7, 6, 9, 0),
+            (11, 6, 4, 10, 3, 2),
+            (17, 3, 5, 2, 2, 1),
         ] {
             let x = normal(&mut rng, (n, ci, h, w), 1.0);
             let wt = he(&mut rng, co, ci);
@@ -1514,8 +1826,13 @@ mod tests {
         // (n, c_in, c_out, height, width, padding): the batch's tiles side by side (below
         // `side_by_side`'s count; ∂W always), blocks that split images (tall maps, so pieces of
         // one image meet in two blocks), edge tiles cut by the output, paddings 0 to 3, maps
-        // smaller than a tile, and 576 tiles, where ∂x alone runs block by block.
+        // smaller than a tile, 576 tiles, where ∂x alone runs block by block, and eight images
+        // or more over few tiles, which the transforms take with the images as their lanes.
         for (n, ci, co, h, w, p) in [
+            (16, 64, 48, 7, 7, 1),
+            (8, 5, 7, 6, 9, 0),
+            (11, 6, 4, 10, 3, 2),
+            (17, 3, 5, 2, 2, 1),
             (9, 4, 3, 30, 30, 1),
             (2, 64, 96, 30, 30, 1),
             (4, 64, 48, 7, 7, 1),
