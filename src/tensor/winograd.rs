@@ -537,17 +537,19 @@ fn input_transform(plan: &Plan, x: &[f32], pieces: &[TileRows], w: &mut Work, mu
                     &mut col[padding..padding + width]
                 });
                 lanes(width, rows, cols, bt6);
-                // The 6-column window of each tile, column by column, at the tile's place.
+                // The 6-column window of each tile, column by column, at the tile's place: value
+                // b of tile t's window is the column's value 4·t + b, so windows 0–3 deinterleave
+                // the column by four and windows 4 and 5 are 0 and 1 one tile on.
                 for (a, col) in w.cols.chunks_exact(row_len).enumerate() {
-                    let col = &col[..M_TILE * tx + 2];
-                    for (b, win) in chunks_mut::<ALPHA>(&mut w.windows, a * ALPHA, tb)
-                        .into_iter()
-                        .enumerate()
-                    {
-                        for (d, s) in win[t0..t0 + tx].iter_mut().zip(col[b..].iter().step_by(4)) {
-                            *d = *s;
-                        }
+                    let [w0, w1, w2, w3, w4, w5] =
+                        chunks_mut::<ALPHA>(&mut w.windows, a * ALPHA, tb)
+                            .map(|win| &mut win[t0..t0 + tx]);
+                    for (t, q) in col[..M_TILE * tx].chunks_exact(M_TILE).enumerate() {
+                        (w0[t], w1[t], w2[t], w3[t]) = (q[0], q[1], q[2], q[3]);
                     }
+                    w4[..tx - 1].copy_from_slice(&w0[1..]);
+                    w5[..tx - 1].copy_from_slice(&w1[1..]);
+                    (w4[tx - 1], w5[tx - 1]) = (col[M_TILE * tx], col[M_TILE * tx + 1]);
                 }
             }
             first += tiles.len() * tx;
