@@ -87,10 +87,10 @@ const STAGED_PAIRS: usize = 256;
 /// VGG16 and ResNet-18 shapes: 64 to 128 tiles are within noise of each other at 64 to 256
 /// channels, and best at 512).
 const MIN_BLOCK_TILES: usize = 64;
+const MAX_BLOCK_TILES: usize = 128;
 /// Fewest images for a side-by-side batch's transforms to run with the images as the vector lanes
 /// ([`by_images`]).
 const MIN_LANE_IMAGES: usize = 8;
-const MAX_BLOCK_TILES: usize = 128;
 
 /// `Bᵀ·d` for one 6-vector (column or row of an input patch).
 #[inline(always)]
@@ -840,7 +840,7 @@ fn output_transform_images(plan: &Plan, m: Tiles<'_>, epilogue: &Epilogue, y: &m
         ..
     } = *plan;
     let (n, _, oh, _) = y.dim();
-    let tiles_y = oh.div_ceil(M_TILE);
+    let tiles_y = plan.tiles_y();
     per_channel(
         y.view_mut(),
         [oh * ow * n, ALPHA * M_TILE * n, M_TILE * n],
@@ -1221,9 +1221,10 @@ fn input_transform_adjoint(
     out
 }
 
-/// The adjoint of [`tiles_by_images`]'s input transform: `B·V̄·Bᵀ` of every tile of `v_bar` `[36, C_in, T]`
-/// ([`by_images`] order), summed where tiles overlap, into `dx` `[N, C_in, H, W]` (every value
-/// written; those that fall on the padding are dropped), in parallel over the channels.
+/// The adjoint of [`tiles_by_images`]'s input transform: `B·V̄·Bᵀ` of every tile of `v_bar`
+/// `[36, C_in, T]` ([`by_images`] order), summed where tiles overlap, into `dx`
+/// `[N, C_in, H, W]` (every value written; those that fall on the padding are dropped), in
+/// parallel over the channels.
 fn input_transform_adjoint_images(plan: &Plan, v_bar: Tiles<'_>, dx: &mut Array4<f32>) {
     let Plan {
         height: h,
@@ -1232,8 +1233,7 @@ fn input_transform_adjoint_images(plan: &Plan, v_bar: Tiles<'_>, dx: &mut Array4
         tiles_x,
         ..
     } = *plan;
-    let n = dx.dim().0;
-    let tiles_y = (h + 2 * p - 2).div_ceil(M_TILE);
+    let (n, tiles_y) = (dx.dim().0, plan.tiles_y());
     per_channel(
         dx.view_mut(),
         [h * w * n, POSITIONS * n, POSITIONS * n],
@@ -1370,10 +1370,10 @@ pub fn conv3x3_backward(
     let gs = gy.as_slice().expect("standard layout");
     // Kept tiles come in the order their forward pass chose. When ∂W transforms the input, the
     // batch's tiles are held side by side whatever their count, and with eight images or more
-    // the images as lanes pay on large maps too (batch 16, 2 threads, ∂x and ∂W: 24–29 ms
-    // against 40–51 block by block at ResNet-18's layer1, 64 channels at 56×56; 18 against 21
-    // at layer2; 63–65 against 69–71 at VGG16's conv5_2), though the forward pass does not
-    // (11–12 ms against 9 at layer2).
+    // the images as lanes pay on large maps too (∂x and ∂W at batch 16, 2 threads: 266–273 ms
+    // against 414–417 block by block at VGG16's conv3_2, 256 channels at 56×56; 32–33 against
+    // 36–37 at ResNet-18's layer1; 21 against 22–23 at layer2), though in the forward pass they
+    // do not (at layer2 11–12 ms against 9).
     let images = match &wanted.weight_grad {
         Some(WeightGradFrom::Tiles(t)) => t.by_images,
         Some(WeightGradFrom::Input(_)) => n >= MIN_LANE_IMAGES,
