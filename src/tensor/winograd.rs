@@ -766,6 +766,18 @@ fn interleave_images(x: &[f32], (n, channels, c): (usize, usize, usize), planes:
     }
 }
 
+/// The inverse of [`interleave_images`] through `f`: `images` `[N, H, W]` (one channel of every
+/// image) from `planes[q·N + i]`.
+fn scatter_images(planes: &[f32], mut images: ArrayViewMut3<'_, f32>, f: impl Fn(f32) -> f32) {
+    let n = images.dim().0;
+    for (i, mut image) in images.outer_iter_mut().enumerate() {
+        let image = image.as_slice_mut().expect("contiguous plane");
+        for (q, d) in image.iter_mut().enumerate() {
+            *d = f(planes[q * n + i]);
+        }
+    }
+}
+
 /// `f(c, channel c's view, buffers)` for every channel (axis 1) of `a`, in parallel, each thread
 /// with its own buffers of the lengths `lens`.
 fn per_channel<D: ndarray::RemoveAxis, const K: usize>(
@@ -844,7 +856,7 @@ fn output_transform_images(plan: &Plan, m: Tiles<'_>, epilogue: &Epilogue, y: &m
     per_channel(
         y.view_mut(),
         [oh * ow * n, ALPHA * M_TILE * n, M_TILE * n],
-        |o, mut images, [planes, half, tile]| {
+        |o, images, [planes, half, tile]| {
             let m = channel_rows(m, o);
             for (ty, tx) in ndarray::indices((tiles_y, tiles_x)) {
                 let t0 = (ty * tiles_x + tx) * n;
@@ -865,12 +877,7 @@ fn output_transform_images(plan: &Plan, m: Tiles<'_>, epilogue: &Epilogue, y: &m
                 }
             }
             let k = epilogue.channel(o);
-            for (i, mut image) in images.outer_iter_mut().enumerate() {
-                let image = image.as_slice_mut().expect("contiguous output plane");
-                for (q, d) in image.iter_mut().enumerate() {
-                    *d = epilogue.apply(k, planes[q * n + i]);
-                }
-            }
+            scatter_images(planes, images, |v| epilogue.apply(k, v));
         },
     );
 }
@@ -1237,7 +1244,7 @@ fn input_transform_adjoint_images(plan: &Plan, v_bar: Tiles<'_>, dx: &mut Array4
     per_channel(
         dx.view_mut(),
         [h * w * n, POSITIONS * n, POSITIONS * n],
-        |c, mut images, [planes, half, window]| {
+        |c, images, [planes, half, window]| {
             planes.fill(0.0);
             let v_bar = channel_rows(v_bar, c);
             for (ty, tx) in ndarray::indices((tiles_y, tiles_x)) {
@@ -1268,12 +1275,7 @@ fn input_transform_adjoint_images(plan: &Plan, v_bar: Tiles<'_>, dx: &mut Array4
                     }
                 }
             }
-            for (i, mut image) in images.outer_iter_mut().enumerate() {
-                let image = image.as_slice_mut().expect("contiguous gradient plane");
-                for (q, d) in image.iter_mut().enumerate() {
-                    *d = planes[q * n + i];
-                }
-            }
+            scatter_images(planes, images, |v| v);
         },
     );
 }

@@ -99,8 +99,6 @@ pub(super) struct CheckpointWriter {
     results: Receiver<(Result<()>, EpochSnapshot)>,
     thread: Option<JoinHandle<()>>,
     in_flight: bool,
-    /// The last snapshot written.
-    spare: Option<EpochSnapshot>,
 }
 
 impl CheckpointWriter {
@@ -119,23 +117,20 @@ impl CheckpointWriter {
             results,
             thread: Some(thread),
             in_flight: false,
-            spare: None,
         }
     }
 
-    /// Waits until the snapshot in flight, if any, is written.
+    /// Waits until the snapshot in flight, if any, is written, and gives it back (its memory
+    /// serves the next one).
     ///
     /// # Errors
     /// Its error: [`crate::Error::Io`] naming the file.
-    fn wait(&mut self) -> Result<()> {
+    fn wait(&mut self) -> Result<Option<EpochSnapshot>> {
         if !std::mem::take(&mut self.in_flight) {
-            return Ok(());
+            return Ok(None);
         }
         match self.results.recv() {
-            Ok((written, snapshot)) => {
-                self.spare = Some(snapshot);
-                written
-            }
+            Ok((written, snapshot)) => written.map(|()| Some(snapshot)),
             // The thread ended without an answer: it panicked, and so does the caller.
             Err(_) => match self.thread.take().map(JoinHandle::join) {
                 Some(Err(panic)) => std::panic::resume_unwind(panic),
@@ -154,8 +149,7 @@ impl CheckpointWriter {
         &mut self,
         take: impl FnOnce(Option<EpochSnapshot>) -> EpochSnapshot,
     ) -> Result<()> {
-        self.wait()?;
-        let snapshot = take(self.spare.take());
+        let snapshot = take(self.wait()?);
         self.queue
             .as_ref()
             .and_then(|q| q.send(snapshot).ok())
@@ -169,7 +163,7 @@ impl CheckpointWriter {
     /// # Errors
     /// As [`CheckpointWriter::wait`].
     pub fn finish(mut self) -> Result<()> {
-        self.wait()
+        self.wait().map(drop)
     }
 }
 
