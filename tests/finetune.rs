@@ -382,9 +382,11 @@ fn killing_a_run_never_leaves_a_broken_checkpoint() {
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .filter(|n| n.contains(".tmp"))
         .collect();
+    // The checkpoint and the optimizer state are written side by side: a kill can leave both
+    // of a run's files in flight, never more.
     assert!(
-        leftovers.len() <= 5,
-        "at most one temporary file per killed run: {leftovers:?}"
+        leftovers.len() <= 2 * 5,
+        "at most two temporary files per killed run: {leftovers:?}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

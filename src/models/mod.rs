@@ -19,37 +19,13 @@ pub use init::Init;
 pub use open::open;
 
 use crate::error::{Error, Result};
-use crate::nn::param::Snapshot;
 use crate::nn::{Context, Layer, Param, ParamKind, Sequential};
-use crate::weights::{load_into, save_atomic, LoadReport, WeightFile};
+use crate::weights::{load_into, save_atomic, FileImage, LoadReport, WeightFile};
 
 /// ImageNet normalisation mean (RGB).
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet normalisation standard deviation (RGB).
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
-
-/// A model's checkpoint taken by [`Model::checkpoint`]: every parameter and buffer by name, and
-/// the contract's metadata.
-#[derive(Clone, Debug)]
-pub struct Checkpoint {
-    pub tensors: Vec<(String, Snapshot)>,
-    pub metadata: HashMap<String, String>,
-}
-
-impl Checkpoint {
-    /// Writes the checkpoint to `path` atomically, as [`Model::save_checkpoint`] does.
-    ///
-    /// # Errors
-    /// [`Error::Io`] naming the file.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let tensors = self
-            .tensors
-            .iter()
-            .map(|(name, t)| (name.clone(), t.view()))
-            .collect();
-        save_atomic(path, tensors, self.metadata.clone())
-    }
-}
 
 /// One top-level piece of a model: torchvision module name, stage, layer.
 pub struct Unit {
@@ -619,21 +595,15 @@ impl Model {
         save_atomic(path, tensors, self.checkpoint_metadata(training))
     }
 
-    /// What [`Model::save_checkpoint`] would write now, owned, to be saved later or on another
-    /// thread with [`Checkpoint::save`]; copied into the memory of `reuse` (an earlier checkpoint
-    /// of this model) where its tensors have the same names and shapes.
-    pub fn checkpoint(&self, training: &str, reuse: Option<Checkpoint>) -> Checkpoint {
-        let mut old: HashMap<String, Snapshot> = reuse
-            .map(|c| c.tensors.into_iter().collect())
-            .unwrap_or_default();
+    /// What [`Model::save_checkpoint`] would write now, laid out in `image` (in its memory when
+    /// it held an earlier checkpoint of this model), to be written later or on another thread
+    /// with [`FileImage::write_atomic`].
+    pub fn checkpoint_into(&self, training: &str, image: &mut FileImage) {
         let mut tensors = Vec::new();
         self.net.visit("", &mut |name, p| {
-            tensors.push((name.to_string(), p.snapshot(old.remove(name))))
+            tensors.push((name.to_string(), p.value()))
         });
-        Checkpoint {
-            tensors,
-            metadata: self.checkpoint_metadata(training),
-        }
+        image.fill(&tensors, &self.checkpoint_metadata(training));
     }
 
     /// Rebuilds a model from a tl checkpoint (architecture, cut, head and classes from its

@@ -65,19 +65,6 @@ impl Storage {
     }
 }
 
-/// A parameter's value at one moment, owned, so it can be written out on another thread while
-/// training goes on: an owned value is copied, a memory-mapped one shares the map (weight files
-/// are only ever replaced by a rename, so the mapped bytes do not change).
-#[derive(Clone, Debug)]
-pub struct Snapshot(Storage);
-
-impl Snapshot {
-    /// The values.
-    pub fn view(&self) -> ArrayViewD<'_, f32> {
-        self.0.view()
-    }
-}
-
 /// One named tensor of a layer.
 #[derive(Debug)]
 pub struct Param {
@@ -192,22 +179,6 @@ impl Param {
         self.storage.view()
     }
 
-    /// The value as it is now, for writing elsewhere later (see [`Snapshot`]). An owned value is
-    /// copied into `reuse`'s memory when that is an owned snapshot of the same shape
-    /// ([`copy_reusing`]), for snapshots taken over and over.
-    pub fn snapshot(&self, reuse: Option<Snapshot>) -> Snapshot {
-        Snapshot(match &self.storage {
-            Storage::Owned(value) => {
-                let reuse = reuse.and_then(|Snapshot(s)| match s {
-                    Storage::Owned(a) => Some(a),
-                    Storage::Mapped { .. } => None,
-                });
-                Storage::Owned(copy_reusing(reuse, value.view()))
-            }
-            mapped @ Storage::Mapped { .. } => mapped.clone(),
-        })
-    }
-
     /// The value for writing; a memory-mapped value is copied out of the map first.
     pub fn value_mut(&mut self) -> ArrayViewMutD<'_, f32> {
         self.version = next_version();
@@ -282,7 +253,6 @@ mod tests {
         let mut p = Param::new(ParamKind::Weight, ArrayD::zeros(IxDyn(&[2, 3])));
         let mut seen = vec![p.version()];
         let _ = p.value();
-        let _ = p.snapshot(None);
         p.grad = Some(ArrayD::ones(IxDyn(&[2, 3])));
         assert_eq!(p.version(), seen[0], "reads and gradients leave it");
         let copy = p.clone();

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ndarray::{Array4, ArrayD, Ix2};
+use ndarray::{Array4, ArrayD, ArrayViewD, Ix2};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -18,13 +18,12 @@ use super::early_stopping::{EarlyStopping, Verdict};
 use super::metrics::{argmax_rows, Confusion, Running};
 use super::optimizer::{zero_grad, Adam, AdamState, Optimizer, Sgd};
 use super::regularization::Penalty;
-use super::writer::{CheckpointWriter, EpochSnapshot};
+use super::writer::CheckpointWriter;
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::loss::cross_entropy;
-use crate::nn::param::copy_reusing;
 use crate::nn::Context;
-use crate::weights::{TensorData, WeightFile};
+use crate::weights::{FileImage, TensorData, WeightFile};
 
 /// A batch: images `[N, 3, S, S]` (or the cached output of a frozen prefix) and class labels.
 pub type Batch = (ArrayD<f32>, Vec<usize>);
@@ -151,39 +150,46 @@ impl AnyOptimizer {
         }
     }
 
-    /// The state as named tensors (`<param>.momentum`; `<param>.m`, `<param>.v`, `<param>.step`),
-    /// copied into the arrays of `reuse` (an earlier call's result, or empty) where names and
-    /// shapes match ([`copy_reusing`]).
-    pub fn state_tensors(&self, reuse: Vec<(String, ArrayD<f32>)>) -> Vec<(String, ArrayD<f32>)> {
-        let mut reuse: HashMap<String, ArrayD<f32>> = reuse.into_iter().collect();
-        let mut copy = |name: String, value: &ArrayD<f32>| {
-            let array = copy_reusing(reuse.remove(&name), value.view());
-            (name, array)
+    /// The state as a safetensors file laid out in `image` (in its memory when it held an
+    /// earlier state of this run): tensors `<param>.momentum`; `<param>.m`, `<param>.v`,
+    /// `<param>.step`; sorted by name.
+    pub fn state_into(&self, image: &mut FileImage) {
+        let steps: Vec<(String, ArrayD<f32>)> = match self {
+            AnyOptimizer::Sgd(_) => Vec::new(),
+            AnyOptimizer::Adam(a) => a
+                .state()
+                .iter()
+                .map(|(n, s)| {
+                    (
+                        format!("{n}.step"),
+                        ArrayD::from_elem(vec![1], s.step as f32),
+                    )
+                })
+                .collect(),
         };
-        match self {
+        let mut tensors: Vec<(String, ArrayViewD<'_, f32>)> = match self {
             AnyOptimizer::Sgd(s) => s
                 .state()
                 .iter()
-                .map(|(n, b)| copy(format!("{n}.momentum"), b))
+                .map(|(n, b)| (format!("{n}.momentum"), b.view()))
                 .collect(),
             AnyOptimizer::Adam(a) => a
                 .state()
                 .iter()
                 .flat_map(|(n, s)| {
                     [
-                        copy(format!("{n}.m"), &s.m),
-                        copy(format!("{n}.v"), &s.v),
-                        (
-                            format!("{n}.step"),
-                            ArrayD::from_elem(vec![1], s.step as f32),
-                        ),
+                        (format!("{n}.m"), s.m.view()),
+                        (format!("{n}.v"), s.v.view()),
                     ]
                 })
                 .collect(),
-        }
+        };
+        tensors.extend(steps.iter().map(|(n, a)| (n.clone(), a.view())));
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        image.fill(&tensors, &HashMap::new());
     }
 
-    /// Restores state saved by [`AnyOptimizer::state_tensors`].
+    /// Restores state saved by [`AnyOptimizer::state_into`].
     pub fn load_state(&mut self, tensors: HashMap<String, ArrayD<f32>>) {
         match self {
             AnyOptimizer::Sgd(s) => s.load_state(
@@ -577,14 +583,12 @@ pub fn fit(
         // After the previous epoch's files: one snapshot at a time, files in epoch order.
         writer.submit(|previous| {
             // Into the memory of the previous epoch's snapshot: no fresh pages to fault in.
-            let (checkpoint, state) =
-                previous.map_or((None, Vec::new()), |p| (Some(p.checkpoint), p.optimizer));
-            EpochSnapshot {
-                checkpoint: model.checkpoint(&json, checkpoint),
-                best: holds_best,
-                optimizer: optimizer.state_tensors(state),
-                history: history.clone(),
-            }
+            let mut snapshot = previous.unwrap_or_default();
+            model.checkpoint_into(&json, &mut snapshot.checkpoint);
+            optimizer.state_into(&mut snapshot.optimizer);
+            snapshot.best = holds_best;
+            snapshot.history.clone_from(&history);
+            snapshot
         })?;
         observer.on_epoch(&record);
         if verdict == Verdict::Stop {

@@ -1,33 +1,31 @@
 //! The files of each epoch, written on a background thread while the next epoch trains.
 //!
-//! At the end of an epoch the training thread takes an [`EpochSnapshot`] (owned copies of the
-//! weights and the optimizer state, the history) and hands it to the [`CheckpointWriter`]. At most
-//! one snapshot is in flight: the next one is taken only after it is written, so the files are
-//! written in epoch order and memory holds one snapshot. A written snapshot comes back to the
-//! training thread, and the next one is copied into its memory (fresh pages for every epoch's
-//! copy cost ResNet-18 30–40 ms per epoch).
+//! At the end of an epoch the training thread takes an [`EpochSnapshot`] (the checkpoint and the
+//! optimizer state laid out as the files they become, [`FileImage`]s, and the history) and hands
+//! it to the [`CheckpointWriter`]. At most one snapshot is in flight: the next one is taken only
+//! after it is written, so the files are written in epoch order and memory holds one snapshot. A
+//! written snapshot comes back to the training thread, and the next one is copied into its memory
+//! (fresh pages for every epoch's copy cost ResNet-18 30–40 ms per epoch).
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
-use ndarray::ArrayD;
-
 use super::trainer::{EpochRecord, RunFiles};
 use crate::error::Result;
-use crate::models::Checkpoint;
-use crate::weights::{link_atomic, save_atomic, write_atomic};
+use crate::weights::{link_atomic, write_atomic, FileImage};
 
 /// What one epoch writes.
+#[derive(Default)]
 pub(super) struct EpochSnapshot {
-    /// The model after the epoch, the run's summary in its metadata.
-    pub checkpoint: Checkpoint,
+    /// The model after the epoch, the run's summary in its metadata
+    /// ([`crate::models::Model::checkpoint_into`]).
+    pub checkpoint: FileImage,
     /// Whether the epoch is the new best.
     pub best: bool,
-    /// The optimizer state ([`super::trainer::AnyOptimizer::state_tensors`]).
-    pub optimizer: Vec<(String, ArrayD<f32>)>,
+    /// The optimizer state ([`super::trainer::AnyOptimizer::state_into`]).
+    pub optimizer: FileImage,
     /// Every epoch so far, for the metrics CSV.
     pub history: Vec<EpochRecord>,
 }
@@ -43,23 +41,14 @@ impl EpochSnapshot {
     /// are then not written.
     pub fn write(&self, files: &RunFiles) -> Result<()> {
         let (checkpoint, optimizer) = std::thread::scope(|scope| {
-            let optimizer = scope.spawn(|| {
-                save_atomic(
-                    &files.optim,
-                    self.optimizer
-                        .iter()
-                        .map(|(n, a)| (n.clone(), a.view()))
-                        .collect(),
-                    HashMap::new(),
-                )
-            });
+            let optimizer = scope.spawn(|| self.optimizer.write_atomic(&files.optim));
             let checkpoint = if self.best {
                 // The last epoch is the best one: the same bytes under the second name.
                 self.checkpoint
-                    .save(&files.best)
+                    .write_atomic(&files.best)
                     .and_then(|_| link_atomic(&files.best, &files.last))
             } else {
-                self.checkpoint.save(&files.last)
+                self.checkpoint.write_atomic(&files.last)
             };
             let optimizer = optimizer
                 .join()

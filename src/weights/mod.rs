@@ -8,4 +8,4 @@ pub mod save;
 
 pub use load::{load_into, LoadReport};
 pub use safetensors::{TensorData, WeightFile};
-pub use save::{link_atomic, save_atomic, save_atomic_as, write_atomic};
+pub use save::{link_atomic, save_atomic, save_atomic_as, write_atomic, FileImage};
