@@ -88,33 +88,28 @@ struct Plan {
 impl Plan {
     /// The plan for `stage` (a canonical stage name) on inputs of `shape` `[N, 3, H, W]`.
     fn new(model: &Model, stage: &str, shape: &[usize]) -> Plan {
-        let rows = model.summary(1, shape[2]);
-        let stage_of = |unit: &str| {
-            rows.iter()
-                .find(|r| {
-                    r.name == unit
-                        || r.name
-                            .strip_prefix(unit)
-                            .is_some_and(|rest| rest.starts_with('.'))
-                })
-                .map(|r| r.stage.as_str())
-        };
-        let mut plan = Plan { split: 0, end: 0 };
+        let end = model
+            .unit_stages()
+            .iter()
+            .rposition(|s| s == stage)
+            .map_or(0, |last| last + 1);
+        Plan::units(model, end, shape)
+    }
+
+    /// The plan for units `0..end` on inputs of `shape` `[N, 3, H, W]`.
+    fn units(model: &Model, end: usize, shape: &[usize]) -> Plan {
+        let mut split = 0;
         let mut out = vec![1, shape[1], shape[2], shape[3]];
         let mut leading = true;
-        for (i, (name, layer)) in model.net().layers().enumerate() {
-            if stage_of(name) == Some(stage) {
-                plan.end = i + 1;
-            }
+        for (i, (_, layer)) in model.net().layers().take(end).enumerate() {
             leading &= out.len() == 4 && out[2] * out[3] >= MICRO_POSITIONS;
             out = layer.output_shape(&out);
             leading &= out.len() == 4;
             if leading {
-                plan.split = i + 1;
+                split = i + 1;
             }
         }
-        plan.split = plan.split.min(plan.end);
-        plan
+        Plan { split, end }
     }
 
     /// `model` up to the plan's stage on `x`, the trunk `micro` images at a time.
@@ -154,6 +149,17 @@ pub fn forward_stage(model: &mut Model, batch: ndarray::Array4<f32>, stage: &str
     let plan = Plan::new(model, stage, batch.shape());
     let micro = rayon::current_num_threads().max(1);
     flatten_rows(plan.forward(model, batch.into_dyn(), micro, &mut ctx))
+}
+
+/// Units `0..end` of `model` on a batch already in memory (`[N, 3, S, S]`, preprocessed), in eval
+/// mode with nothing kept for a backward pass: the frozen prefix of a fine-tuning run, whose
+/// output the frozen-feature cache keeps. The trunk runs in micro-batches, as in [`run_stage`].
+pub fn forward_units(model: &mut Model, batch: ArrayD<f32>, end: usize) -> ArrayD<f32> {
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let mut ctx = Context::eval(&mut rng);
+    let plan = Plan::units(model, end, batch.shape());
+    let micro = rayon::current_num_threads().max(1);
+    plan.forward(model, batch, micro, &mut ctx)
 }
 
 /// `[N, …]` → `[N, prod(…)]` in C order.

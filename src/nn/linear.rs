@@ -100,9 +100,10 @@ impl Layer for Linear {
             .into_dimensionality::<Ix2>()
             .expect("Linear gradient is [N, out]");
         if let Some(x) = &cache.input {
-            let mut dw = Array2::<f32>::zeros((self.out_features(), self.in_features()));
-            matmul(g.t(), x.view(), dw.view_mut(), false, Threads::Pool);
-            self.weight.accumulate_grad(dw.into_dyn().view());
+            self.weight.write_grad(|dw, accumulate| {
+                let dw = dw.into_dimensionality::<Ix2>().expect("2-D weight");
+                matmul(g.t(), x.view(), dw, accumulate, Threads::Pool);
+            });
         }
         if let Some(b) = self.bias.as_mut().filter(|b| b.trainable()) {
             b.accumulate_grad(g.sum_axis(Axis(0)).into_dyn().view());

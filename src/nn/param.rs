@@ -80,20 +80,6 @@ pub struct Param {
     spare: Option<ArrayD<f32>>,
 }
 
-/// An owned copy of `src`, in `reuse`'s memory when it has the same shape (copied in parallel;
-/// memory that was written before has no fresh pages to fault in), else in a new array.
-pub fn copy_reusing(reuse: Option<ArrayD<f32>>, src: ArrayViewD<'_, f32>) -> ArrayD<f32> {
-    match reuse {
-        Some(mut dst) if dst.shape() == src.shape() => {
-            ndarray::Zip::from(&mut dst)
-                .and(&src)
-                .par_for_each(|d, &s| *d = s);
-            dst
-        }
-        _ => src.to_owned(),
-    }
-}
-
 impl Clone for Param {
     /// The value, gradient, flags and version; not the spare gradient memory.
     fn clone(&self) -> Self {
@@ -229,11 +215,35 @@ impl Param {
     /// Panics if `g`'s shape differs from the parameter's.
     pub fn accumulate_grad(&mut self, g: ArrayViewD<'_, f32>) {
         assert_eq!(g.shape(), self.shape(), "gradient shape");
-        match &mut self.grad {
-            Some(acc) => *acc += &g,
-            // Into the last step's gradient memory.
-            None => self.grad = Some(copy_reusing(self.spare.take(), g)),
+        self.write_grad(|mut buf, accumulate| {
+            // In parallel: memory that was written before has no fresh pages to fault in, and
+            // copying a large gradient is then the cost.
+            let zip = ndarray::Zip::from(&mut buf).and(&g);
+            if accumulate {
+                zip.par_for_each(|d, &s| *d += s);
+            } else {
+                zip.par_for_each(|d, &s| *d = s);
+            }
+        });
+    }
+
+    /// Adds a gradient computed straight into the gradient's memory: `write(buf, accumulate)`
+    /// sets `buf` (the parameter's shape) to the gradient when `accumulate` is false (its values
+    /// are then arbitrary) and adds the gradient to it when true (it holds what was accumulated
+    /// since [`Param::zero_grad`]). The memory is the last step's gradient's, so a large
+    /// gradient (VGG16's fc6: 411 MB) is neither allocated, faulted in page by page, nor copied
+    /// again every step.
+    pub fn write_grad(&mut self, write: impl FnOnce(ArrayViewMutD<'_, f32>, bool)) {
+        if let Some(acc) = &mut self.grad {
+            write(acc.view_mut(), true);
+            return;
         }
+        let mut buf = match self.spare.take() {
+            Some(spare) if spare.shape() == self.shape() => spare,
+            _ => ArrayD::zeros(self.shape()),
+        };
+        write(buf.view_mut(), false);
+        self.grad = Some(buf);
     }
 
     /// Drops the accumulated gradient (its memory is kept for the next one).
@@ -285,5 +295,32 @@ mod tests {
             seen[0],
             "changing a clone leaves the original"
         );
+    }
+
+    #[test]
+    fn gradients_accumulate_until_zeroed_and_reuse_the_last_steps_memory() {
+        let mut p = Param::new(ParamKind::Weight, ArrayD::zeros(IxDyn(&[2, 3])));
+        let g = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+            .expect("shape");
+        let mut calls = Vec::new();
+        p.write_grad(|mut buf, accumulate| {
+            calls.push(accumulate);
+            buf.assign(&g);
+        });
+        p.accumulate_grad(g.view());
+        p.write_grad(|mut buf, accumulate| {
+            calls.push(accumulate);
+            buf += &g;
+        });
+        assert_eq!(calls, [false, true], "only the first write of a step sets");
+        let grad = p.grad.as_ref().expect("a gradient");
+        assert_eq!(grad, &(&g * 3.0), "three gradients summed");
+        let memory = grad.as_ptr();
+        p.zero_grad();
+        assert!(p.grad.is_none(), "zero_grad drops the gradient");
+        p.accumulate_grad((&g * -1.0).view());
+        let grad = p.grad.as_ref().expect("a gradient");
+        assert_eq!(grad, &(&g * -1.0), "the next step starts afresh");
+        assert_eq!(grad.as_ptr(), memory, "in the last step's memory");
     }
 }

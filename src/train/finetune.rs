@@ -320,10 +320,8 @@ impl FeatureCache {
         pre: Preprocess,
     ) -> Self {
         let mut rows = Vec::with_capacity(set.len());
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         for (x, _) in batches(set.clone(), BatchOptions::eval(batch_size, pre)) {
-            let mut ctx = crate::nn::Context::eval(&mut rng);
-            let out = model.forward_range(x.into_dyn(), 0..prefix, &mut ctx);
+            let out = crate::infer::forward_units(model, x.into_dyn(), prefix);
             rows.extend(out.outer_iter().map(|r| r.to_owned()));
         }
         FeatureCache {
