@@ -88,12 +88,7 @@ struct Plan {
 impl Plan {
     /// The plan for `stage` (a canonical stage name) on inputs of `shape` `[N, 3, H, W]`.
     fn new(model: &Model, stage: &str, shape: &[usize]) -> Plan {
-        let end = model
-            .unit_stages()
-            .iter()
-            .rposition(|s| s == stage)
-            .map_or(0, |last| last + 1);
-        Plan::units(model, end, shape)
+        Plan::units(model, stage_end(model, stage), shape)
     }
 
     /// The plan for units `0..end` on inputs of `shape` `[N, 3, H, W]`.
@@ -144,11 +139,17 @@ impl Plan {
 /// one flattened row per image. Eval mode; nothing is kept for a backward pass.
 /// The convolutional trunk runs in micro-batches, as in [`run_stage`].
 pub fn forward_stage(model: &mut Model, batch: ndarray::Array4<f32>, stage: &str) -> Array2<f32> {
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let mut ctx = Context::eval(&mut rng);
-    let plan = Plan::new(model, stage, batch.shape());
-    let micro = rayon::current_num_threads().max(1);
-    flatten_rows(plan.forward(model, batch.into_dyn(), micro, &mut ctx))
+    let end = stage_end(model, stage);
+    flatten_rows(forward_units(model, batch.into_dyn(), end))
+}
+
+/// The number of units up to and including `stage`'s last (0 for a stage the model lacks).
+fn stage_end(model: &Model, stage: &str) -> usize {
+    model
+        .unit_stages()
+        .iter()
+        .rposition(|s| s == stage)
+        .map_or(0, |last| last + 1)
 }
 
 /// Units `0..end` of `model` on a batch already in memory (`[N, 3, S, S]`, preprocessed), in eval
