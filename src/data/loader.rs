@@ -188,7 +188,9 @@ pub fn make_batch(
     opts: &BatchOptions,
 ) -> (Array4<f32>, Vec<usize>) {
     let s = opts.pre.crop as usize;
-    let mut x = Array4::<f32>::zeros((indices.len(), 3, s, s));
+    // Written in full below (every crop is s×s); batch after batch in the memory the first
+    // convolution gave back, not in fresh pages.
+    let mut x: Array4<f32> = crate::tensor::recycle::take_array((indices.len(), 3, s, s));
     x.axis_iter_mut(Axis(0))
         .into_par_iter()
         .zip(indices.par_iter())
@@ -197,6 +199,7 @@ pub fn make_batch(
             let cropped = opts
                 .augment
                 .apply_crop(&set.images[i], opts.pre.crop, &mut rng);
+            assert_eq!(cropped.dimensions(), (opts.pre.crop, opts.pre.crop), "crop size");
             normalize_into(&cropped, &opts.pre, out.view_mut());
         });
     let labels = indices.iter().map(|&i| set.labels[i]).collect();
