@@ -199,7 +199,11 @@ pub fn make_batch(
             let cropped = opts
                 .augment
                 .apply_crop(&set.images[i], opts.pre.crop, &mut rng);
-            assert_eq!(cropped.dimensions(), (opts.pre.crop, opts.pre.crop), "crop size");
+            assert_eq!(
+                cropped.dimensions(),
+                (opts.pre.crop, opts.pre.crop),
+                "crop size"
+            );
             normalize_into(&cropped, &opts.pre, out.view_mut());
         });
     let labels = indices.iter().map(|&i| set.labels[i]).collect();
