@@ -12,7 +12,7 @@ pub mod vgg16;
 use std::collections::HashMap;
 use std::path::Path;
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 use rand::RngCore;
 
 pub use init::Init;
@@ -588,22 +588,30 @@ impl Model {
     /// # Errors
     /// [`Error::Io`] naming the file.
     pub fn save_checkpoint(&self, path: &Path, training: &str) -> Result<()> {
-        let mut tensors = Vec::new();
-        self.net.visit("", &mut |name, p| {
-            tensors.push((name.to_string(), p.value()))
-        });
-        save_atomic(path, tensors, self.checkpoint_metadata(training))
+        save_atomic(
+            path,
+            self.checkpoint_tensors(),
+            self.checkpoint_metadata(training),
+        )
     }
 
     /// What [`Model::save_checkpoint`] would write now, laid out in `image` (in its memory when
     /// it held an earlier checkpoint of this model), to be written later or on another thread
     /// with [`FileImage::write_atomic`].
     pub fn checkpoint_into(&self, training: &str, image: &mut FileImage) {
+        image.fill(
+            &self.checkpoint_tensors(),
+            &self.checkpoint_metadata(training),
+        );
+    }
+
+    /// Every parameter and buffer by its dotted name, as a checkpoint holds them.
+    fn checkpoint_tensors(&self) -> Vec<(String, ArrayViewD<'_, f32>)> {
         let mut tensors = Vec::new();
         self.net.visit("", &mut |name, p| {
             tensors.push((name.to_string(), p.value()))
         });
-        image.fill(&tensors, &self.checkpoint_metadata(training));
+        tensors
     }
 
     /// Rebuilds a model from a tl checkpoint (architecture, cut, head and classes from its

@@ -193,7 +193,7 @@ unsafe impl bytemuck::Pod for Block {}
 /// A safetensors file (f32 tensors) laid out in memory, aligned for direct I/O. Filling it again
 /// reuses its memory, so a file written every epoch costs one copy of its tensors and no fresh
 /// pages.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct FileImage {
     blocks: Vec<Block>,
     len: usize,
