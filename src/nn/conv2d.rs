@@ -40,7 +40,7 @@ use crate::tensor::epilogue::Epilogue;
 use crate::tensor::gemm::{matmul, Threads};
 use crate::tensor::im2col::{col2im_rows, im2col_rows, im2col_rows_into, ConvGeometry};
 use crate::tensor::into_standard;
-use crate::tensor::recycle;
+use crate::tensor::recycle::{self, Scratch};
 use crate::tensor::winograd::{
     conv3x3_backward, conv3x3_keeping, weight_grad_pays, InputTiles, Wanted, WeightGradFrom,
     WinogradWeights,
@@ -192,7 +192,7 @@ impl Conv2d {
         run_jobs(
             jobs,
             1,
-            |buf: &mut Vec<f32>,
+            |buf: &mut Scratch,
              (i, rows, mut yt): (usize, Range<usize>, ArrayViewMut2<'_, f32>),
              threads| {
                 let col = columns(&xs[i * per_in..(i + 1) * per_in], g, rows, buf);
@@ -231,9 +231,8 @@ impl Conv2d {
                 let images = first..first + yc.shape()[0];
                 let width = images.len() * p;
                 let col = group_columns(xs, g, images, 0..g.channels, &mut bufs.col);
-                bufs.out.resize(co * width, 0.0);
-                let mut out =
-                    ArrayViewMut2::from_shape((co, width), &mut bufs.out[..]).expect("group shape");
+                let mut out = ArrayViewMut2::from_shape((co, width), bufs.out.get(co * width))
+                    .expect("group shape");
                 matmul(w, col, out.view_mut(), false, threads);
                 for (j, mut yi) in yc.outer_iter_mut().enumerate() {
                     yi.assign(&out.slice(s![.., j * p..(j + 1) * p]));
@@ -291,11 +290,15 @@ impl Conv2d {
                             dxv.slice_mut(s![.., tile.start * g.out_width..tile.end * g.out_width]);
                         matmul(w.t(), gt, dxt, false, threads);
                     } else {
-                        state.buf.resize(rows * tc, 0.0);
-                        let dcol = ArrayViewMut2::from_shape((rows, tc), &mut state.buf[..])
-                            .expect("tile shape");
-                        matmul(w.t(), gt, dcol, false, threads);
-                        col2im_rows(&state.buf, g, tile.clone(), dxi);
+                        let dcol = state.buf.get(rows * tc);
+                        matmul(
+                            w.t(),
+                            gt,
+                            ArrayViewMut2::from_shape((rows, tc), &mut *dcol).expect("tile shape"),
+                            false,
+                            threads,
+                        );
+                        col2im_rows(dcol, g, tile.clone(), dxi);
                     }
                 }
             }
@@ -330,9 +333,8 @@ impl Conv2d {
             let images = first..first + dxc.shape()[0];
             let width = images.len() * p;
             let gb = group_gradients(grad, images, &mut bufs.out);
-            bufs.col.resize(rows * width, 0.0);
-            let mut dcol =
-                ArrayViewMut2::from_shape((rows, width), &mut bufs.col[..]).expect("group shape");
+            let mut dcol = ArrayViewMut2::from_shape((rows, width), bufs.col.get(rows * width))
+                .expect("group shape");
             matmul(w.t(), gb, dcol.view_mut(), false, threads);
             for (j, mut dxi) in dxc.outer_iter_mut().enumerate() {
                 let block = dcol.slice(s![.., j * p..(j + 1) * p]);
@@ -342,9 +344,11 @@ impl Conv2d {
                         .expect("dx shape")
                         .assign(&block);
                 } else {
-                    bufs.scratch.clear();
-                    bufs.scratch.extend(block.iter());
-                    col2im_rows(&bufs.scratch, g, 0..g.out_height, dxi);
+                    let contiguous = bufs.scratch.get(rows * p);
+                    ArrayViewMut2::from_shape((rows, p), &mut *contiguous)
+                        .expect("block shape")
+                        .assign(&block);
+                    col2im_rows(contiguous, g, 0..g.out_height, dxi);
                 }
             }
         };
@@ -359,7 +363,7 @@ impl Conv2d {
     fn weight_grad_wide(&self, grad: &Array3<f32>, xs: &[f32], g: &ConvGeometry) -> Array2<f32> {
         let (n, co, p) = grad.dim();
         let width = n * p;
-        let mut buf = Vec::new();
+        let mut buf = Scratch::default();
         let gall = group_gradients(grad, 0..n, &mut buf);
         let k2 = g.kernel * g.kernel;
         let per_channel = k2 * width * std::mem::size_of::<f32>();
@@ -379,7 +383,7 @@ impl Conv2d {
         run_jobs(
             jobs,
             1,
-            |col: &mut Vec<f32>, (j, dwp): (usize, ArrayViewMut2<'_, f32>), threads| {
+            |col: &mut Scratch, (j, dwp): (usize, ArrayViewMut2<'_, f32>), threads| {
                 let channels = j * per_piece..(j * per_piece + dwp.ncols() / k2);
                 let col = group_columns(xs, g, 0..n, channels, col);
                 matmul(gall, col.t(), dwp, false, threads);
@@ -519,11 +523,11 @@ fn images_per_group(n: usize, p: usize) -> usize {
 #[derive(Default)]
 struct GroupBuffers {
     /// One image's block of the column gradient, contiguous for col2im.
-    scratch: Vec<f32>,
+    scratch: Scratch,
     /// The group's column matrix `[C·k·k, group·OH·OW]` (or, backward, its gradient).
-    col: Vec<f32>,
+    col: Scratch,
     /// The group's output `[C_out, group·OH·OW]` (or, backward, the gathered gradient).
-    out: Vec<f32>,
+    out: Scratch,
 }
 
 /// The column matrices of `images` (channels `channels` of each), side by side:
@@ -533,7 +537,7 @@ fn group_columns<'a>(
     g: &ConvGeometry,
     images: Range<usize>,
     channels: Range<usize>,
-    buf: &'a mut Vec<f32>,
+    buf: &'a mut Scratch,
 ) -> ArrayView2<'a, f32> {
     let p = g.col_cols();
     let plane = g.height * g.width;
@@ -547,12 +551,13 @@ fn group_columns<'a>(
         g.padding,
     );
     let (k, width) = (sub.col_rows(), images.len() * p);
-    buf.resize(k * width, 0.0);
+    // Every value is written: each image fills its columns of every row.
+    let buf = buf.get(k * width);
     for (j, i) in images.enumerate() {
         let x = &xs[i * per_in + channels.start * plane..i * per_in + channels.end * plane];
         im2col_rows_into(x, &sub, 0..g.out_height, &mut buf[j * p..], width);
     }
-    ArrayView2::from_shape((k, width), &buf[..]).expect("group shape")
+    ArrayView2::from_shape((k, width), &*buf).expect("group shape")
 }
 
 /// The output gradients of `images` (`grad` `[N, C_out, OH·OW]`), side by side:
@@ -560,17 +565,17 @@ fn group_columns<'a>(
 fn group_gradients<'a>(
     grad: &Array3<f32>,
     images: Range<usize>,
-    buf: &'a mut Vec<f32>,
+    buf: &'a mut Scratch,
 ) -> ArrayView2<'a, f32> {
     let (co, p) = (grad.shape()[1], grad.shape()[2]);
     let width = images.len() * p;
-    buf.resize(co * width, 0.0);
-    let mut dst = ArrayViewMut2::from_shape((co, width), &mut buf[..]).expect("group shape");
+    let buf = buf.get(co * width);
+    let mut dst = ArrayViewMut2::from_shape((co, width), &mut *buf).expect("group shape");
     for (j, i) in images.enumerate() {
         dst.slice_mut(s![.., j * p..(j + 1) * p])
             .assign(&grad.index_axis(Axis(0), i));
     }
-    ArrayView2::from_shape((co, width), &buf[..]).expect("group shape")
+    ArrayView2::from_shape((co, width), &*buf).expect("group shape")
 }
 
 /// Whether `jobs` independent jobs should run in parallel (each product on one thread) rather
@@ -587,7 +592,7 @@ fn columns<'a>(
     xi: &'a [f32],
     g: &ConvGeometry,
     rows: Range<usize>,
-    buf: &'a mut Vec<f32>,
+    buf: &'a mut Scratch,
 ) -> ArrayView2<'a, f32> {
     let (k, ow) = (g.col_rows(), g.out_width);
     let cols = ow * rows.len();
@@ -596,16 +601,17 @@ fn columns<'a>(
             .expect("image shape")
             .slice_move(s![.., rows.start * ow..rows.end * ow])
     } else {
-        buf.resize(k * cols, 0.0);
+        // Every value is written by im2col.
+        let buf = buf.get(k * cols);
         im2col_rows(xi, g, rows, buf);
-        ArrayView2::from_shape((k, cols), &buf[..]).expect("tile shape")
+        ArrayView2::from_shape((k, cols), &*buf).expect("tile shape")
     }
 }
 
 /// Per-worker state of the backward pass: a column buffer and a partial `∂W`.
 #[derive(Default)]
 struct Partial {
-    buf: Vec<f32>,
+    buf: Scratch,
     dw: Option<Array2<f32>>,
 }
 

@@ -50,14 +50,18 @@ impl Pool {
     }
 
     /// A buffer of `len` values (arbitrary, initialised): a kept one whose capacity is between
-    /// `len` and twice that, or a new one of zeros.
+    /// `len` and twice that, or a new one of zeros. Among the kept ones, one that already holds
+    /// `len` values (the fewest to zero-fill: a buffer comes back with the length it was taken
+    /// at, and a pass that takes several sizes should not clear memory on every call), then the
+    /// smallest.
     pub fn take(&self, len: usize) -> Vec<f32> {
         if len * std::mem::size_of::<f32>() >= MIN_BYTES {
             if let Ok(mut pool) = self.0.lock() {
-                if let Some(i) = pool
-                    .iter()
-                    .position(|v| v.capacity() >= len && v.capacity() <= 2 * len)
-                {
+                let best = (pool.iter().enumerate())
+                    .filter(|(_, v)| v.capacity() >= len && v.capacity() <= 2 * len)
+                    .max_by_key(|(_, v)| (v.len().min(len), std::cmp::Reverse(v.capacity())))
+                    .map(|(i, _)| i);
+                if let Some(i) = best {
                     let mut v = pool.swap_remove(i);
                     v.truncate(len);
                     v.resize(len, 0.0);
@@ -91,6 +95,29 @@ pub fn give_array<D: Dimension>(a: Array<f32, D>) {
 /// [`Pool::take`] from the shared pool.
 pub fn take(len: usize) -> Vec<f32> {
     GLOBAL.take(len)
+}
+
+/// A worker's scratch buffer, reused from tile to tile and batch to batch: [`Scratch::get`]
+/// hands out `len` values (arbitrary) and replaces the buffer only when it holds fewer, so a
+/// buffer that serves several sizes is not cleared on every call. Its memory comes from the pool
+/// and goes back to it when dropped.
+#[derive(Debug, Default)]
+pub struct Scratch(Vec<f32>);
+
+impl Scratch {
+    /// `len` values of arbitrary content.
+    pub fn get(&mut self, len: usize) -> &mut [f32] {
+        if self.0.len() < len {
+            give(std::mem::replace(&mut self.0, take(len)));
+        }
+        &mut self.0[..len]
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        give(std::mem::take(&mut self.0));
+    }
 }
 
 /// An array of `shape` in C order for an output that will be written in full (values arbitrary
@@ -137,5 +164,46 @@ mod tests {
         assert_eq!(pool.0.lock().unwrap().len(), MAX_BUFFERS);
         let arr: ndarray::Array3<f32> = take_array((3, n / 3, 1));
         assert_eq!(arr.shape(), &[3, n / 3, 1]);
+    }
+
+    #[test]
+    fn take_prefers_a_buffer_that_holds_the_length_asked() {
+        let pool = Pool::new();
+        let n = MIN_BYTES / 4 * 3;
+        // Two buffers that fit by capacity: one cut short, one still holding n values.
+        let mut short = vec![1.0f32; n];
+        short.truncate(n / 2 + 1);
+        let full = vec![2.0f32; n + 8];
+        let (short_ptr, full_ptr) = (short.as_ptr(), full.as_ptr());
+        pool.give(short);
+        pool.give(full);
+        let a = pool.take(n);
+        assert_eq!(a.as_ptr(), full_ptr, "the buffer that needs no filling");
+        assert!(a.iter().all(|&v| v == 2.0));
+        // Then the short one, topped up with zeros after what it held.
+        let b = pool.take(n);
+        assert_eq!(b.as_ptr(), short_ptr);
+        assert_eq!((b[n / 2], b[n / 2 + 1], b[n - 1]), (1.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn scratch_keeps_its_values_until_it_must_grow_and_returns_memory_to_the_pool() {
+        let pool_len = || GLOBAL.0.lock().unwrap().len();
+        let n = MIN_BYTES / 4 * 2;
+        let mut s = Scratch::default();
+        s.get(n).iter_mut().for_each(|v| *v = 5.0);
+        // Shorter asks are views of the same values: nothing cleared.
+        assert!(s.get(n / 2).iter().all(|&v| v == 5.0));
+        assert_eq!(s.get(n).len(), n);
+        assert!(s.get(n).iter().all(|&v| v == 5.0));
+        let ptr = s.get(1).as_ptr();
+        drop(s);
+        // Dropped: its buffer is in the shared pool (other tests may be using it too, so look
+        // for this buffer rather than count).
+        let kept = GLOBAL.0.lock().unwrap().iter().any(|v| v.as_ptr() == ptr);
+        assert!(
+            kept || pool_len() >= MAX_BUFFERS,
+            "the scratch memory went back to the pool"
+        );
     }
 }

@@ -1582,30 +1582,37 @@ fn weight_grad(v: Tiles<'_>, m: Tiles<'_>) -> Array4<f32> {
         .expect("fresh array")
         .par_chunks_mut(9 * PAIRS_PER_JOB)
         .enumerate()
-        .for_each(|(job, out)| {
-            let first = job * PAIRS_PER_JOB;
-            let len = out.len() / 9;
-            let rows: [&[f32]; POSITIONS] =
-                std::array::from_fn(|xi| &du_values[xi * pairs + first..][..len]);
-            // Gᵀ down each of the six columns: cols[3·b + i]; then across each of the three
-            // rows: sums[3·i + j].
-            let mut cols = vec![0.0f32; 3 * ALPHA * len];
-            for b in 0..ALPHA {
-                let down: [&[f32]; ALPHA] = std::array::from_fn(|a| rows[ALPHA * a + b]);
-                lanes(len, down, chunks_mut::<3>(&mut cols, 3 * b, len), gt3);
-            }
-            let mut sums = vec![0.0f32; 9 * len];
-            for i in 0..3 {
-                let across: [&[f32]; ALPHA] =
-                    std::array::from_fn(|b| &cols[(3 * b + i) * len..][..len]);
-                lanes(len, across, chunks_mut::<3>(&mut sums, 3 * i, len), gt3);
-            }
-            for (k, out) in out.chunks_exact_mut(9).enumerate() {
-                for (q, o) in out.iter_mut().enumerate() {
-                    *o = sums[q * len + k];
+        .for_each_init(
+            // Per worker, reused by its jobs: every value is written before it is read.
+            || {
+                (
+                    vec![0.0f32; 3 * ALPHA * PAIRS_PER_JOB],
+                    vec![0.0f32; 9 * PAIRS_PER_JOB],
+                )
+            },
+            |(cols, sums), (job, out)| {
+                let first = job * PAIRS_PER_JOB;
+                let len = out.len() / 9;
+                let rows: [&[f32]; POSITIONS] =
+                    std::array::from_fn(|xi| &du_values[xi * pairs + first..][..len]);
+                // Gᵀ down each of the six columns: cols[3·b + i]; then across each of the three
+                // rows: sums[3·i + j].
+                for b in 0..ALPHA {
+                    let down: [&[f32]; ALPHA] = std::array::from_fn(|a| rows[ALPHA * a + b]);
+                    lanes(len, down, chunks_mut::<3>(cols, 3 * b, len), gt3);
                 }
-            }
-        });
+                for i in 0..3 {
+                    let across: [&[f32]; ALPHA] =
+                        std::array::from_fn(|b| &cols[(3 * b + i) * len..][..len]);
+                    lanes(len, across, chunks_mut::<3>(sums, 3 * i, len), gt3);
+                }
+                for (k, out) in out.chunks_exact_mut(9).enumerate() {
+                    for (q, o) in out.iter_mut().enumerate() {
+                        *o = sums[q * len + k];
+                    }
+                }
+            },
+        );
     recycle::give_array(du);
     dw.into_shape_with_order((c_out, c_in, 3, 3))
         .expect("weight shape")
