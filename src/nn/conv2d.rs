@@ -42,8 +42,8 @@ use crate::tensor::im2col::{col2im_rows, im2col_rows, im2col_rows_into, ConvGeom
 use crate::tensor::into_standard;
 use crate::tensor::recycle::{self, Scratch};
 use crate::tensor::winograd::{
-    conv3x3_backward, conv3x3_keeping, weight_grad_pays, InputTiles, Wanted, WeightGradFrom,
-    WinogradWeights,
+    conv3x3_backward, conv3x3_keeping, weight_grad_pays, GradInto, InputTiles, Wanted,
+    WeightGradFrom, WinogradWeights,
 };
 
 /// `nn.Conv2d` with a square kernel.
@@ -742,21 +742,47 @@ impl Layer for Conv2d {
         let dw_by_winograd = winograd
             && (cache.input.is_some() || cache.tiles.is_some())
             && weight_grad_pays(n, (g.channels, co), (g.out_height, g.out_width));
+        // Whether ∂W went straight into the weight's gradient.
+        let mut dw_written = false;
         let (winograd_dx, winograd_dw) = if winograd && (cache.input_grad || dw_by_winograd) {
             let gy = grad
                 .view()
                 .into_shape_with_order((n, co, g.out_height, g.out_width))
                 .expect("standard layout");
+            let input_size = (g.height, g.width);
             let padding = self.padding;
-            let wanted = Wanted {
-                input_grad: cache.input_grad.then(|| self.winograd_weights()),
-                weight_grad: match (cache.tiles, &cache.input) {
-                    _ if !dw_by_winograd => None,
-                    (Some(tiles), _) => Some(WeightGradFrom::Tiles(tiles)),
-                    (None, input) => input.as_ref().map(|x| WeightGradFrom::Input(x.view())),
-                },
+            if cache.input_grad {
+                // Current for this weight (the forward pass built it), borrowed below beside
+                // the weight's gradient.
+                self.winograd_weights();
+            }
+            let input_grad = (cache.input_grad)
+                .then(|| &self.winograd.as_ref().expect("built by the forward pass").1);
+            let weight_grad = match (cache.tiles, &cache.input) {
+                _ if !dw_by_winograd => None,
+                (Some(tiles), _) => Some(WeightGradFrom::Tiles(tiles)),
+                (None, input) => input.as_ref().map(|x| WeightGradFrom::Input(x.view())),
             };
-            conv3x3_backward(gy, (g.height, g.width), padding, wanted)
+            if weight_grad.is_some() && self.weight.trainable() {
+                let (buf, accumulate) = self.weight.grad_mut();
+                let wanted = Wanted {
+                    input_grad,
+                    weight_grad,
+                    weight_grad_into: Some(GradInto {
+                        buf: buf.into_dimensionality().expect("4-D weight"),
+                        accumulate,
+                    }),
+                };
+                dw_written = true;
+                conv3x3_backward(gy, input_size, padding, wanted)
+            } else {
+                let wanted = Wanted {
+                    input_grad,
+                    weight_grad,
+                    weight_grad_into: None,
+                };
+                conv3x3_backward(gy, input_size, padding, wanted)
+            }
         } else {
             (None, None)
         };
@@ -779,7 +805,7 @@ impl Layer for Conv2d {
             Vec::new()
         };
         partials.push(winograd_dw);
-        if self.weight.trainable() {
+        if self.weight.trainable() && !dw_written {
             let mut total: Option<Array2<f32>> = None;
             for dw in partials.into_iter().flatten() {
                 match &mut total {

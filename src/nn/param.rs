@@ -234,16 +234,21 @@ impl Param {
     /// gradient (VGG16's fc6: 411 MB) is neither allocated, faulted in page by page, nor copied
     /// again every step.
     pub fn write_grad(&mut self, write: impl FnOnce(ArrayViewMutD<'_, f32>, bool)) {
-        if let Some(acc) = &mut self.grad {
-            write(acc.view_mut(), true);
-            return;
-        }
-        let mut buf = match self.spare.take() {
-            Some(spare) if spare.shape() == self.shape() => spare,
-            _ => ArrayD::zeros(self.shape()),
-        };
-        write(buf.view_mut(), false);
-        self.grad = Some(buf);
+        let (buf, accumulate) = self.grad_mut();
+        write(buf, accumulate);
+    }
+
+    /// The memory of [`Param::write_grad`], for a caller that must hold it beside other borrows:
+    /// `(buf, accumulate)` with the same contract (when `accumulate` is false, `buf`'s values are
+    /// arbitrary and the caller must set all of them).
+    pub fn grad_mut(&mut self) -> (ArrayViewMutD<'_, f32>, bool) {
+        let accumulate = self.grad.is_some();
+        let shape = self.shape().to_vec();
+        let grad = self.grad.get_or_insert_with(|| match self.spare.take() {
+            Some(spare) if spare.shape() == shape => spare,
+            _ => ArrayD::zeros(shape),
+        });
+        (grad.view_mut(), accumulate)
     }
 
     /// Drops the accumulated gradient (its memory is kept for the next one).

@@ -57,7 +57,8 @@
 use std::ops::Range;
 
 use ndarray::{
-    Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis,
+    Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut2, ArrayViewMut3,
+    ArrayViewMut4, Axis,
 };
 use rayon::prelude::*;
 
@@ -1303,6 +1304,16 @@ pub struct Wanted<'a> {
     pub input_grad: Option<&'a WinogradWeights>,
     /// What the forward pass kept, when `∂W` is wanted.
     pub weight_grad: Option<WeightGradFrom<'a>>,
+    /// Memory that `∂W` goes straight into (then it is not returned): a parameter's gradient
+    /// from [`crate::nn::Param::write_grad`], so that it is neither allocated nor copied again.
+    pub weight_grad_into: Option<GradInto<'a>>,
+}
+
+/// A gradient buffer `[C_out, C_in, 3, 3]` (standard layout) that `∂W` is written into
+/// (`accumulate` false: its values are replaced) or added to (`accumulate` true).
+pub struct GradInto<'a> {
+    pub buf: ArrayViewMut4<'a, f32>,
+    pub accumulate: bool,
 }
 
 /// Where `∂W` comes from: the forward pass's input, transformed again, or the tiles it kept.
@@ -1426,7 +1437,7 @@ pub fn conv3x3_backward(
                     }
                 },
             );
-        let (dw, v_bar) = weight_grad_and_v_bar(v, m, u);
+        let (dw, v_bar) = weight_grad_and_v_bar(v, m, u, wanted.weight_grad_into);
         // V̄ back per block.
         let pieces = v_bar.map_or_else(Vec::new, |mut v_bar| {
             let pieces = blocks
@@ -1522,7 +1533,7 @@ fn backward_by_images(
         }
         WeightGradFrom::Tiles(mut t) => std::mem::take(&mut t.v),
     });
-    let (dw, v_bar) = weight_grad_and_v_bar(v, m, wanted.input_grad);
+    let (dw, v_bar) = weight_grad_and_v_bar(v, m, wanted.input_grad, wanted.weight_grad_into);
     let dx = v_bar.map(|v_bar| {
         let mut dx: Array4<f32> = recycle::take_array((n, c_in, plan.height, plan.width));
         input_transform_adjoint_images(plan, v_bar.view(), &mut dx);
@@ -1534,13 +1545,17 @@ fn backward_by_images(
 
 /// From the batch's output-gradient tiles `m` (`M̄` `[36, C_out, T]`): `∂W` when the input's
 /// tiles `v` are given, and `V̄ = Uᵀ·M̄` `[36, C_in, T]` when `u` is, in `V`'s buffer once `∂W`
-/// has used it. `M̄` and any buffer left unused go back to the pool.
+/// has used it (`∂W` into `into` when given, then not returned). `M̄` and any buffer left unused
+/// go back to the pool.
 fn weight_grad_and_v_bar(
     mut v: Option<Array3<f32>>,
     m: Array3<f32>,
     u: Option<&WinogradWeights>,
+    into: Option<GradInto<'_>>,
 ) -> (Option<Array4<f32>>, Option<Array3<f32>>) {
-    let dw = v.as_ref().map(|v| weight_grad(v.view(), m.view()));
+    let dw = v
+        .as_ref()
+        .and_then(|v| weight_grad(v.view(), m.view(), into));
     let v_bar = u.map(|u| {
         // Written in full by the products.
         let mut v_bar = v
@@ -1562,8 +1577,11 @@ fn weight_grad_and_v_bar(
 }
 
 /// `∂W = Gᵀ·(M̄[ξ]·V[ξ]ᵀ)·G` `[C_out, C_in, 3, 3]` from the batch's tiles `V` `[36, C_in, T]`
-/// and `M̄` `[36, C_out, T]`.
-fn weight_grad(v: Tiles<'_>, m: Tiles<'_>) -> Array4<f32> {
+/// and `M̄` `[36, C_out, T]`: into `into` when given (`None` returned), else a new array.
+///
+/// # Panics
+/// Panics if `into` is not `[C_out, C_in, 3, 3]` in standard layout.
+fn weight_grad(v: Tiles<'_>, m: Tiles<'_>, into: Option<GradInto<'_>>) -> Option<Array4<f32>> {
     let (c_in, c_out) = (v.dim().1, m.dim().1);
     // Every ∂U[ξ] is written by its product.
     let mut du: Array3<f32> = recycle::take_array((POSITIONS, c_out, c_in));
@@ -1575,12 +1593,28 @@ fn weight_grad(v: Tiles<'_>, m: Tiles<'_>) -> Array4<f32> {
     );
     // ∂W = Gᵀ·∂U·G for every channel pair, in parallel chunks of pairs, the pairs as lanes.
     let pairs = c_out * c_in;
-    // Every pair's nine values are written below.
-    let mut dw: Array2<f32> = recycle::take_array((pairs, 9));
+    // Every pair's nine values are written (or added to) below.
+    let (mut fresh, accumulate) = match &into {
+        Some(i) => {
+            assert_eq!(
+                i.buf.dim(),
+                (c_out, c_in, 3, 3),
+                "Winograd ∂W: buffer shape"
+            );
+            (None, i.accumulate)
+        }
+        None => (Some(recycle::take_array::<_>((pairs, 9))), false),
+    };
+    let dst: &mut [f32] = match (&mut fresh, into) {
+        (Some(dw), _) => dw.as_slice_mut().expect("fresh array"),
+        (None, Some(i)) => i
+            .buf
+            .into_slice()
+            .expect("Winograd ∂W: a buffer in standard layout"),
+        (None, None) => unreachable!("a fresh array when no buffer is given"),
+    };
     let du_values = du.as_slice().expect("contiguous ∂U");
-    dw.as_slice_mut()
-        .expect("fresh array")
-        .par_chunks_mut(9 * PAIRS_PER_JOB)
+    dst.par_chunks_mut(9 * PAIRS_PER_JOB)
         .enumerate()
         .for_each_init(
             // Per worker, reused by its jobs: every value is written before it is read.
@@ -1608,14 +1642,17 @@ fn weight_grad(v: Tiles<'_>, m: Tiles<'_>) -> Array4<f32> {
                 }
                 for (k, out) in out.chunks_exact_mut(9).enumerate() {
                     for (q, o) in out.iter_mut().enumerate() {
-                        *o = sums[q * len + k];
+                        let v = sums[q * len + k];
+                        *o = if accumulate { *o + v } else { v };
                     }
                 }
             },
         );
     recycle::give_array(du);
-    dw.into_shape_with_order((c_out, c_in, 3, 3))
-        .expect("weight shape")
+    fresh.map(|dw: Array2<f32>| {
+        dw.into_shape_with_order((c_out, c_in, 3, 3))
+            .expect("weight shape")
+    })
 }
 
 #[cfg(test)]
@@ -1873,6 +1910,7 @@ mod tests {
             let both = Wanted {
                 input_grad: Some(&u),
                 weight_grad: Some(WeightGradFrom::Input(x.view())),
+                weight_grad_into: None,
             };
             let (dx, dw) = conv3x3_backward(gy.view(), (h, w), p, both);
             let (dx, dw) = (dx.expect("∂x"), dw.expect("∂W"));
@@ -1884,6 +1922,7 @@ mod tests {
             let only_dx = Wanted {
                 input_grad: Some(&u),
                 weight_grad: None,
+                weight_grad_into: None,
             };
             let (alone, none) = conv3x3_backward(gy.view(), (h, w), p, only_dx);
             assert!(none.is_none(), "{what}: ∂W not asked for");
@@ -1892,12 +1931,39 @@ mod tests {
             let only_dw = Wanted {
                 input_grad: None,
                 weight_grad: Some(WeightGradFrom::Input(x.view())),
+                weight_grad_into: None,
             };
             let (none, alone) = conv3x3_backward(gy.view(), (h, w), p, only_dw);
             assert!(none.is_none(), "{what}: ∂x not asked for");
             let alone = alone.expect("∂W");
             let err = relative_error(&alone, &want_dw);
             assert!(err <= BOUND, "{what}: ∂W alone {err:e}");
+            // Into a gradient's memory: whatever it held replaced, or added to.
+            for (accumulate, held) in [(false, f32::NAN), (true, 0.25)] {
+                let mut buf = Array4::from_elem(alone.dim(), held);
+                let into = Wanted {
+                    input_grad: None,
+                    weight_grad: Some(WeightGradFrom::Input(x.view())),
+                    weight_grad_into: Some(GradInto {
+                        buf: buf.view_mut(),
+                        accumulate,
+                    }),
+                };
+                let (none, returned) = conv3x3_backward(gy.view(), (h, w), p, into);
+                assert!(
+                    none.is_none() && returned.is_none(),
+                    "{what}: written, not returned"
+                );
+                let want = if accumulate {
+                    &alone + held
+                } else {
+                    alone.clone()
+                };
+                assert_eq!(
+                    buf, want,
+                    "{what}: ∂W into a buffer, accumulate {accumulate}"
+                );
+            }
             // From the tiles the forward pass kept (when it ran side by side): the same ∂W,
             // to the bit, and the same ∂x next to it.
             let (y, kept) = conv3x3_keeping(x.view(), &u, &Epilogue::default(), p, true);
@@ -1912,6 +1978,7 @@ mod tests {
                 let from_tiles = Wanted {
                     input_grad: Some(&u),
                     weight_grad: Some(WeightGradFrom::Tiles(kept)),
+                    weight_grad_into: None,
                 };
                 let (dx_t, dw_t) = conv3x3_backward(gy.view(), (h, w), p, from_tiles);
                 assert_eq!(dw_t.expect("∂W"), alone, "{what}: ∂W from kept tiles");
