@@ -763,26 +763,19 @@ impl Layer for Conv2d {
                 (Some(tiles), _) => Some(WeightGradFrom::Tiles(tiles)),
                 (None, input) => input.as_ref().map(|x| WeightGradFrom::Input(x.view())),
             };
-            if weight_grad.is_some() && self.weight.trainable() {
+            // ∂W straight into the gradient's memory: no fresh array, no copy.
+            let weight_grad_into = (weight_grad.is_some() && self.weight.trainable()).then(|| {
                 let (buf, accumulate) = self.weight.grad_mut();
-                let wanted = Wanted {
-                    input_grad,
-                    weight_grad,
-                    weight_grad_into: Some(GradInto {
-                        buf: buf.into_dimensionality().expect("4-D weight"),
-                        accumulate,
-                    }),
-                };
-                dw_written = true;
-                conv3x3_backward(gy, input_size, padding, wanted)
-            } else {
-                let wanted = Wanted {
-                    input_grad,
-                    weight_grad,
-                    weight_grad_into: None,
-                };
-                conv3x3_backward(gy, input_size, padding, wanted)
-            }
+                let buf = buf.into_dimensionality().expect("4-D weight");
+                GradInto { buf, accumulate }
+            });
+            dw_written = weight_grad_into.is_some();
+            let wanted = Wanted {
+                input_grad,
+                weight_grad,
+                weight_grad_into,
+            };
+            conv3x3_backward(gy, input_size, padding, wanted)
         } else {
             (None, None)
         };
