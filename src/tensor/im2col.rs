@@ -157,8 +157,16 @@ fn im2col_rows_phased(
     let ow = g.out_width;
     let (oy0, oy1) = (out_rows.start, out_rows.end);
     let mut phased = PhasedRow::new(w, ow, k, s, g.padding);
+    // The input rows the tile reads, each split once per channel (a kernel taller than the
+    // stride reads a row from several output rows).
+    let first = (oy0 * s).saturating_sub(g.padding).min(h);
+    let end = ((oy1.max(oy0 + 1) - 1) * s + k)
+        .saturating_sub(g.padding)
+        .min(h)
+        .max(first);
     for c in 0..g.channels {
         let plane = &x[c * h * w..(c + 1) * h * w];
+        phased.split_rows(plane[first * w..end * w].chunks_exact(w.max(1)));
         for ki in 0..k {
             let (y_lo, y_hi) = g.valid_range(h, g.out_height, ki);
             let rows = (c * k + ki) * k..(c * k + ki + 1) * k;
@@ -171,10 +179,9 @@ fn im2col_rows_phased(
                     continue;
                 }
                 let iy = (oy * s + ki) - g.padding;
-                phased.split(&plane[iy * w..(iy + 1) * w]);
                 for (kj, row) in rows.clone().enumerate() {
                     let out_row = &mut col[row * ld + at..row * ld + at + ow];
-                    let (outputs, inputs) = phased.tap(kj);
+                    let (outputs, inputs) = phased.tap_at(iy - first, kj);
                     out_row[..outputs.start].fill(0.0);
                     out_row[outputs.end..].fill(0.0);
                     out_row[outputs].copy_from_slice(inputs);

@@ -48,20 +48,51 @@ impl PhasedRow {
 
     /// Splits `row` (`n` values) into its phases.
     pub fn split(&mut self, row: &[f32]) {
-        for (r, phase) in self.phases.chunks_exact_mut(self.phase_len).enumerate() {
-            for (d, v) in phase
-                .iter_mut()
-                .zip(row.iter().skip(r).step_by(self.stride))
-            {
-                *d = *v;
+        self.split_rows([row]);
+    }
+
+    /// Splits several rows (`n` values each) into their phases, kept side by side: row `i` of
+    /// them is then read by [`PhasedRow::tap_at`]`(i, ·)`. A kernel that reads one input row
+    /// from several output rows (a tall strided kernel) splits it once.
+    pub fn split_rows<'r>(&mut self, rows: impl IntoIterator<Item = &'r [f32]>) {
+        let (stride, phase_len) = (self.stride, self.phase_len);
+        let per_row = stride * phase_len;
+        let mut count = 0;
+        for row in rows {
+            if self.phases.len() < (count + 1) * per_row {
+                self.phases.resize((count + 1) * per_row, 0.0);
             }
+            let split = &mut self.phases[count * per_row..(count + 1) * per_row];
+            if stride == 2 {
+                // The common case, as one pass over pairs (which vectorises).
+                let (even, odd) = split.split_at_mut(phase_len);
+                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+                    (*e, *o) = (pair[0], pair[1]);
+                }
+                if row.len() % 2 == 1 {
+                    even[row.len() / 2] = row[row.len() - 1];
+                }
+            } else {
+                for (r, phase) in split.chunks_exact_mut(phase_len).enumerate() {
+                    for (d, v) in phase.iter_mut().zip(row.iter().skip(r).step_by(stride)) {
+                        *d = *v;
+                    }
+                }
+            }
+            count += 1;
         }
     }
 
     /// Kernel column `kj`: the outputs it reaches (possibly none) and their inputs, in order,
     /// from the last [`PhasedRow::split`].
     pub fn tap(&self, kj: usize) -> (Range<usize>, &[f32]) {
+        self.tap_at(0, kj)
+    }
+
+    /// [`PhasedRow::tap`] of row `i` of the last [`PhasedRow::split_rows`].
+    pub fn tap_at(&self, i: usize, kj: usize) -> (Range<usize>, &[f32]) {
         let (outputs, start) = self.taps[kj].clone();
+        let start = start + i * self.stride * self.phase_len;
         let inputs = &self.phases[start..start + outputs.len()];
         (outputs, inputs)
     }
@@ -84,6 +115,21 @@ mod tests {
             let row: Vec<f32> = (0..n).map(|i| i as f32).collect();
             let mut phased = PhasedRow::new(n, out, k, s, p);
             phased.split(&row);
+            // Split again beside two other rows: the same taps at row 1 of 3.
+            let (before, after): (Vec<f32>, Vec<f32>) = (vec![-1.0; n], vec![-2.0; n]);
+            let mut three = PhasedRow::new(n, out, k, s, p);
+            three.split_rows([&before[..], &row[..], &after[..]]);
+            for kj in 0..k {
+                assert_eq!(
+                    three.tap_at(1, kj),
+                    phased.tap(kj),
+                    "n {n} k {k} s {s} p {p}"
+                );
+                let (_, first) = three.tap_at(0, kj);
+                assert!(first.iter().all(|&v| v == -1.0));
+                let (_, last) = three.tap_at(2, kj);
+                assert!(last.iter().all(|&v| v == -2.0));
+            }
             for kj in 0..k {
                 let (outputs, inputs) = phased.tap(kj);
                 let want: Vec<(usize, f32)> = (0..out)
