@@ -57,8 +57,7 @@ impl PhasedRow {
     pub fn split_rows<'r>(&mut self, rows: impl IntoIterator<Item = &'r [f32]>) {
         let (stride, phase_len) = (self.stride, self.phase_len);
         let per_row = stride * phase_len;
-        let mut count = 0;
-        for row in rows {
+        for (count, row) in rows.into_iter().enumerate() {
             if self.phases.len() < (count + 1) * per_row {
                 self.phases.resize((count + 1) * per_row, 0.0);
             }
@@ -79,7 +78,6 @@ impl PhasedRow {
                     }
                 }
             }
-            count += 1;
         }
     }
 
