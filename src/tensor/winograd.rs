@@ -1305,7 +1305,7 @@ pub struct Wanted<'a> {
     /// What the forward pass kept, when `∂W` is wanted.
     pub weight_grad: Option<WeightGradFrom<'a>>,
     /// Memory that `∂W` goes straight into (then it is not returned): a parameter's gradient
-    /// from [`crate::nn::Param::write_grad`], so that it is neither allocated nor copied again.
+    /// from [`crate::nn::Param::grad_mut`], so that it is neither allocated nor copied again.
     pub weight_grad_into: Option<GradInto<'a>>,
 }
 
@@ -1594,24 +1594,19 @@ fn weight_grad(v: Tiles<'_>, m: Tiles<'_>, into: Option<GradInto<'_>>) -> Option
     // ∂W = Gᵀ·∂U·G for every channel pair, in parallel chunks of pairs, the pairs as lanes.
     let pairs = c_out * c_in;
     // Every pair's nine values are written (or added to) below.
-    let (mut fresh, accumulate) = match &into {
-        Some(i) => {
-            assert_eq!(
-                i.buf.dim(),
-                (c_out, c_in, 3, 3),
-                "Winograd ∂W: buffer shape"
-            );
-            (None, i.accumulate)
+    let mut fresh: Option<Array2<f32>> = None;
+    let (dst, accumulate): (&mut [f32], bool) = match into {
+        Some(GradInto { buf, accumulate }) => {
+            assert_eq!(buf.dim(), (c_out, c_in, 3, 3), "Winograd ∂W: buffer shape");
+            let dst = buf
+                .into_slice()
+                .expect("Winograd ∂W: a buffer in standard layout");
+            (dst, accumulate)
         }
-        None => (Some(recycle::take_array::<_>((pairs, 9))), false),
-    };
-    let dst: &mut [f32] = match (&mut fresh, into) {
-        (Some(dw), _) => dw.as_slice_mut().expect("fresh array"),
-        (None, Some(i)) => i
-            .buf
-            .into_slice()
-            .expect("Winograd ∂W: a buffer in standard layout"),
-        (None, None) => unreachable!("a fresh array when no buffer is given"),
+        None => {
+            let dw = fresh.insert(recycle::take_array((pairs, 9)));
+            (dw.as_slice_mut().expect("fresh array"), false)
+        }
     };
     let du_values = du.as_slice().expect("contiguous ∂U");
     dst.par_chunks_mut(9 * PAIRS_PER_JOB)
