@@ -101,22 +101,40 @@ pub fn take(len: usize) -> Vec<f32> {
 /// hands out `len` values (arbitrary) and replaces the buffer only when it holds fewer, so a
 /// buffer that serves several sizes is not cleared on every call. Its memory comes from the pool
 /// and goes back to it when dropped.
-#[derive(Debug, Default)]
-pub struct Scratch(Vec<f32>);
+pub struct Scratch {
+    buf: Vec<f32>,
+    pool: &'static Pool,
+}
+
+impl Default for Scratch {
+    /// An empty scratch buffer on the shared pool.
+    fn default() -> Self {
+        Scratch::on(&GLOBAL)
+    }
+}
 
 impl Scratch {
+    /// An empty scratch buffer whose memory comes from and goes back to `pool`.
+    pub fn on(pool: &'static Pool) -> Self {
+        Scratch {
+            buf: Vec::new(),
+            pool,
+        }
+    }
+
     /// `len` values of arbitrary content.
     pub fn get(&mut self, len: usize) -> &mut [f32] {
-        if self.0.len() < len {
-            give(std::mem::replace(&mut self.0, take(len)));
+        if self.buf.len() < len {
+            let grown = self.pool.take(len);
+            self.pool.give(std::mem::replace(&mut self.buf, grown));
         }
-        &mut self.0[..len]
+        &mut self.buf[..len]
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        give(std::mem::take(&mut self.0));
+        self.pool.give(std::mem::take(&mut self.buf));
     }
 }
 
@@ -188,22 +206,28 @@ mod tests {
 
     #[test]
     fn scratch_keeps_its_values_until_it_must_grow_and_returns_memory_to_the_pool() {
-        let pool_len = || GLOBAL.0.lock().unwrap().len();
+        // A pool of this test's own (the shared one serves the other tests meanwhile).
+        static POOL: Pool = Pool::new();
+        let kept =
+            || -> Vec<*const f32> { POOL.0.lock().unwrap().iter().map(|v| v.as_ptr()).collect() };
         let n = MIN_BYTES / 4 * 2;
-        let mut s = Scratch::default();
+        let mut s = Scratch::on(&POOL);
         s.get(n).iter_mut().for_each(|v| *v = 5.0);
-        // Shorter asks are views of the same values: nothing cleared.
+        let first = s.get(1).as_ptr();
+        // Shorter asks are views of the same values: nothing cleared, nothing taken.
         assert!(s.get(n / 2).iter().all(|&v| v == 5.0));
-        assert_eq!(s.get(n).len(), n);
         assert!(s.get(n).iter().all(|&v| v == 5.0));
-        let ptr = s.get(1).as_ptr();
+        assert_eq!(s.get(n).as_ptr(), first);
+        assert!(kept().is_empty());
+        // A larger ask takes a new buffer and gives the old one back.
+        assert_eq!(s.get(3 * n).len(), 3 * n);
+        let second = s.get(1).as_ptr();
+        assert_eq!(kept(), vec![first]);
         drop(s);
-        // Dropped: its buffer is in the shared pool (other tests may be using it too, so look
-        // for this buffer rather than count).
-        let kept = GLOBAL.0.lock().unwrap().iter().any(|v| v.as_ptr() == ptr);
-        assert!(
-            kept || pool_len() >= MAX_BUFFERS,
-            "the scratch memory went back to the pool"
+        assert_eq!(
+            kept(),
+            vec![first, second],
+            "dropped: its buffer is back in the pool"
         );
     }
 }
