@@ -742,8 +742,8 @@ impl Layer for Conv2d {
         let dw_by_winograd = winograd
             && (cache.input.is_some() || cache.tiles.is_some())
             && weight_grad_pays(n, (g.channels, co), (g.out_height, g.out_width));
-        // Whether ∂W went straight into the weight's gradient.
-        let mut dw_written = false;
+        // ∂W by Winograd goes straight into the weight's gradient.
+        let dw_written = dw_by_winograd && self.weight.trainable();
         let (winograd_dx, winograd_dw) = if winograd && (cache.input_grad || dw_by_winograd) {
             let gy = grad
                 .view()
@@ -764,12 +764,11 @@ impl Layer for Conv2d {
                 (None, input) => input.as_ref().map(|x| WeightGradFrom::Input(x.view())),
             };
             // ∂W straight into the gradient's memory: no fresh array, no copy.
-            let weight_grad_into = (weight_grad.is_some() && self.weight.trainable()).then(|| {
+            let weight_grad_into = dw_written.then(|| {
                 let (buf, accumulate) = self.weight.grad_mut();
                 let buf = buf.into_dimensionality().expect("4-D weight");
                 GradInto { buf, accumulate }
             });
-            dw_written = weight_grad_into.is_some();
             let wanted = Wanted {
                 input_grad,
                 weight_grad,

@@ -401,29 +401,21 @@ impl Work {
 }
 
 /// Per-thread buffers of a block that is transformed and multiplied on one thread: its `V`
-/// `[36, C_in, T_b]` and `M` `[36, C_out, T_b]` (from the recycled pool, back to it on drop).
+/// `[36, C_in, T_b]` and `M` `[36, C_out, T_b]` (pool memory, written in full before it is read).
 struct Scratch {
-    v: Vec<f32>,
-    m: Vec<f32>,
+    v: recycle::Scratch,
+    m: recycle::Scratch,
     work: Work,
 }
 
 impl Scratch {
-    /// Buffers for blocks of up to `tiles` tiles; `v` and `m` are written in full before they
-    /// are read.
+    /// Buffers for blocks of up to `tiles` tiles.
     fn new(plan: &Plan, tiles: usize) -> Self {
         Scratch {
-            v: recycle::take(POSITIONS * plan.c_in * tiles),
-            m: recycle::take(POSITIONS * plan.c_out * tiles),
+            v: recycle::Scratch::default(),
+            m: recycle::Scratch::default(),
             work: Work::new(plan, tiles),
         }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        recycle::give(std::mem::take(&mut self.v));
-        recycle::give(std::mem::take(&mut self.m));
     }
 }
 
@@ -711,8 +703,8 @@ fn run_block(
     s: &mut Scratch,
 ) {
     let tb = block.tiles;
-    let mut v = as_tiles(&mut s.v, plan.c_in, tb);
-    let mut m = as_tiles(&mut s.m, plan.c_out, tb);
+    let mut v = as_tiles(s.v.get(POSITIONS * plan.c_in * tb), plan.c_in, tb);
+    let mut m = as_tiles(s.m.get(POSITIONS * plan.c_out * tb), plan.c_out, tb);
     input_transform(plan, x, &tile_rows(&block), &mut s.work, v.view_mut());
     products(|xi| w.position(xi), v.view(), m.view_mut(), false);
     output_transform(plan, &mut block, m.view(), epilogue, &mut s.work);
@@ -1463,8 +1455,8 @@ pub fn conv3x3_backward(
             .map_init(
                 || Scratch::new(&plan, max_tiles),
                 |s, (pieces, &tb)| {
-                    let mut m = as_tiles(&mut s.m, c_out, tb);
-                    let mut v_bar = as_tiles(&mut s.v, c_in, tb);
+                    let mut m = as_tiles(s.m.get(POSITIONS * c_out * tb), c_out, tb);
+                    let mut v_bar = as_tiles(s.v.get(POSITIONS * c_in * tb), c_in, tb);
                     grad_transform(&plan, gs, pieces, &mut s.work, m.view_mut());
                     products(
                         |xi| u.position(xi).reversed_axes(),
