@@ -413,6 +413,13 @@ impl Conv2d {
     /// The Winograd-domain weights, rebuilt (in place) when the weight's values changed since
     /// they were built.
     fn winograd_weights(&mut self) -> &WinogradWeights {
+        self.refresh_winograd();
+        &self.winograd.as_ref().expect("built above").1
+    }
+
+    /// Builds or rebuilds the Winograd-domain weights when the weight's values changed since
+    /// they were built.
+    fn refresh_winograd(&mut self) {
         let key = self.weight.version();
         let w = self
             .weight
@@ -427,7 +434,29 @@ impl Conv2d {
             }
             None => self.winograd = Some((key, WinogradWeights::new(w))),
         }
-        &self.winograd.as_ref().expect("built above").1
+    }
+
+    /// What a Winograd backward pass borrows from the layer, side by side: the Winograd-domain
+    /// weights (current, as [`Conv2d::winograd_weights`]) when `dx`, and the weight's gradient
+    /// memory for `∂W` to be written into when `dw`.
+    fn winograd_backward_parts(
+        &mut self,
+        dx: bool,
+        dw: bool,
+    ) -> (Option<&WinogradWeights>, Option<GradInto<'_>>) {
+        if dx {
+            self.refresh_winograd();
+        }
+        let Conv2d {
+            winograd, weight, ..
+        } = self;
+        let u = dx.then(|| &winograd.as_ref().expect("refreshed above").1);
+        let into = dw.then(|| {
+            let (buf, accumulate) = weight.grad_mut();
+            let buf = buf.into_dimensionality().expect("4-D weight");
+            GradInto { buf, accumulate }
+        });
+        (u, into)
     }
 }
 
@@ -751,24 +780,14 @@ impl Layer for Conv2d {
                 .expect("standard layout");
             let input_size = (g.height, g.width);
             let padding = self.padding;
-            if cache.input_grad {
-                // Current for this weight (the forward pass built it), borrowed below beside
-                // the weight's gradient.
-                self.winograd_weights();
-            }
-            let input_grad = (cache.input_grad)
-                .then(|| &self.winograd.as_ref().expect("built by the forward pass").1);
             let weight_grad = match (cache.tiles, &cache.input) {
                 _ if !dw_by_winograd => None,
                 (Some(tiles), _) => Some(WeightGradFrom::Tiles(tiles)),
                 (None, input) => input.as_ref().map(|x| WeightGradFrom::Input(x.view())),
             };
             // ∂W straight into the gradient's memory: no fresh array, no copy.
-            let weight_grad_into = dw_written.then(|| {
-                let (buf, accumulate) = self.weight.grad_mut();
-                let buf = buf.into_dimensionality().expect("4-D weight");
-                GradInto { buf, accumulate }
-            });
+            let (input_grad, weight_grad_into) =
+                self.winograd_backward_parts(cache.input_grad, dw_written);
             let wanted = Wanted {
                 input_grad,
                 weight_grad,
