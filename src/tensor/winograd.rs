@@ -675,11 +675,11 @@ fn windows<'a>(mut all: TilesMut<'a>, blocks: &[usize]) -> Vec<TilesMut<'a>> {
     out
 }
 
-/// `[36, channels, tiles]` over the front of a per-thread buffer.
-fn as_tiles(buf: &mut [f32], channels: usize, tiles: usize) -> TilesMut<'_> {
+/// `[36, channels, tiles]` (values arbitrary, to be written in full) from a per-thread buffer.
+fn as_tiles(buf: &mut recycle::Scratch, channels: usize, tiles: usize) -> TilesMut<'_> {
     TilesMut::from_shape(
         (POSITIONS, channels, tiles),
-        &mut buf[..POSITIONS * channels * tiles],
+        buf.get(POSITIONS * channels * tiles),
     )
     .expect("tiles buffer")
 }
@@ -703,8 +703,8 @@ fn run_block(
     s: &mut Scratch,
 ) {
     let tb = block.tiles;
-    let mut v = as_tiles(s.v.get(POSITIONS * plan.c_in * tb), plan.c_in, tb);
-    let mut m = as_tiles(s.m.get(POSITIONS * plan.c_out * tb), plan.c_out, tb);
+    let mut v = as_tiles(&mut s.v, plan.c_in, tb);
+    let mut m = as_tiles(&mut s.m, plan.c_out, tb);
     input_transform(plan, x, &tile_rows(&block), &mut s.work, v.view_mut());
     products(|xi| w.position(xi), v.view(), m.view_mut(), false);
     output_transform(plan, &mut block, m.view(), epilogue, &mut s.work);
@@ -1455,8 +1455,8 @@ pub fn conv3x3_backward(
             .map_init(
                 || Scratch::new(&plan, max_tiles),
                 |s, (pieces, &tb)| {
-                    let mut m = as_tiles(s.m.get(POSITIONS * c_out * tb), c_out, tb);
-                    let mut v_bar = as_tiles(s.v.get(POSITIONS * c_in * tb), c_in, tb);
+                    let mut m = as_tiles(&mut s.m, c_out, tb);
+                    let mut v_bar = as_tiles(&mut s.v, c_in, tb);
                     grad_transform(&plan, gs, pieces, &mut s.work, m.view_mut());
                     products(
                         |xi| u.position(xi).reversed_axes(),
