@@ -42,7 +42,7 @@ use crate::tensor::im2col::{col2im_rows, im2col_rows, im2col_rows_into, ConvGeom
 use crate::tensor::into_standard;
 use crate::tensor::recycle::{self, Scratch};
 use crate::tensor::winograd::{
-    conv3x3_backward, conv3x3_keeping, weight_grad_pays, GradInto, InputTiles, Wanted,
+    conv3x3_backward, conv3x3_keeping, weight_grad_pays, GradInto, InputTiles, Wanted, WeightGrad,
     WeightGradFrom, WinogradWeights,
 };
 
@@ -780,18 +780,16 @@ impl Layer for Conv2d {
                 .expect("standard layout");
             let input_size = (g.height, g.width);
             let padding = self.padding;
-            let weight_grad = match (cache.tiles, &cache.input) {
+            let from = match (cache.tiles, &cache.input) {
                 _ if !dw_by_winograd => None,
                 (Some(tiles), _) => Some(WeightGradFrom::Tiles(tiles)),
                 (None, input) => input.as_ref().map(|x| WeightGradFrom::Input(x.view())),
             };
             // ∂W straight into the gradient's memory: no fresh array, no copy.
-            let (input_grad, weight_grad_into) =
-                self.winograd_backward_parts(cache.input_grad, dw_written);
+            let (input_grad, into) = self.winograd_backward_parts(cache.input_grad, dw_written);
             let wanted = Wanted {
                 input_grad,
-                weight_grad,
-                weight_grad_into,
+                weight_grad: from.map(|from| WeightGrad { from, into }),
             };
             conv3x3_backward(gy, input_size, padding, wanted)
         } else {

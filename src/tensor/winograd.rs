@@ -1294,11 +1294,17 @@ pub fn weight_grad_pays(n: usize, (c_in, c_out): (usize, usize), (oh, ow): (usiz
 pub struct Wanted<'a> {
     /// `U` of the forward pass, when `∂x` is wanted.
     pub input_grad: Option<&'a WinogradWeights>,
-    /// What the forward pass kept, when `∂W` is wanted.
-    pub weight_grad: Option<WeightGradFrom<'a>>,
+    /// When `∂W` is wanted: what it comes from and where it goes.
+    pub weight_grad: Option<WeightGrad<'a>>,
+}
+
+/// `∂W` from what the forward pass kept, returned or written into a parameter's gradient.
+pub struct WeightGrad<'a> {
+    /// What the forward pass kept.
+    pub from: WeightGradFrom<'a>,
     /// Memory that `∂W` goes straight into (then it is not returned): a parameter's gradient
     /// from [`crate::nn::Param::grad_mut`], so that it is neither allocated nor copied again.
-    pub weight_grad_into: Option<GradInto<'a>>,
+    pub into: Option<GradInto<'a>>,
 }
 
 /// A gradient buffer `[C_out, C_in, 3, 3]` (standard layout) that `∂W` is written into
@@ -1343,7 +1349,13 @@ pub fn conv3x3_backward(
         WeightGradFrom::Input(x) => x.dim(),
         WeightGradFrom::Tiles(t) => t.input,
     };
-    let c_in = match (&wanted.input_grad, &wanted.weight_grad) {
+    let (u, (from, into)) = (
+        wanted.input_grad,
+        wanted
+            .weight_grad
+            .map_or((None, None), |w| (Some(w.from), w.into)),
+    );
+    let c_in = match (&u, &from) {
         (Some(u), _) => u.c_in,
         (None, Some(from)) => input_dim(from).1,
         (None, None) => return (None, None),
@@ -1354,10 +1366,8 @@ pub fn conv3x3_backward(
         height + 2 * padding >= 3
             && out_height == height + 2 * padding - 2
             && out_width == width + 2 * padding - 2
-            && wanted
-                .input_grad
-                .is_none_or(|u| u.c_out == c_out && u.c_in == c_in)
-            && wanted.weight_grad.as_ref().is_none_or(|from| {
+            && u.is_none_or(|u| u.c_out == c_out && u.c_in == c_in)
+            && from.as_ref().is_none_or(|from| {
                 input_dim(from) == (n, c_in, height, width)
                     && match from {
                         WeightGradFrom::Input(_) => true,
@@ -1379,16 +1389,16 @@ pub fn conv3x3_backward(
     // against 414–417 block by block at VGG16's conv3_2, 256 channels at 56×56; 32–33 against
     // 36–37 at ResNet-18's layer1; 21 against 22–23 at layer2), though in the forward pass they
     // do not (at layer2 11–12 ms against 9).
-    let images = match &wanted.weight_grad {
+    let images = match &from {
         Some(WeightGradFrom::Tiles(t)) => t.by_images,
         Some(WeightGradFrom::Input(_)) => n >= MIN_LANE_IMAGES,
         None => by_images(n, total),
     };
     if images {
-        return backward_by_images(&plan, gs, n, wanted);
+        return backward_by_images(&plan, gs, n, (u, from, into));
     }
     // ∂W's input tiles: kept by the forward pass, or transformed below from its input.
-    let (input, mut v) = match wanted.weight_grad {
+    let (input, mut v) = match from {
         Some(WeightGradFrom::Input(x)) => {
             (Some(x), Some(recycle::take_array((POSITIONS, c_in, total))))
         }
@@ -1397,7 +1407,6 @@ pub fn conv3x3_backward(
     };
     let x = input.as_ref().map(|x| x.as_standard_layout());
     let xs = x.as_ref().map(|x| x.as_slice().expect("standard layout"));
-    let u = wanted.input_grad;
     let rows = rows_per_block(tiles_x, n * tiles_y);
     let blocks = tile_blocks(n, tiles_y, rows);
     let sizes: Vec<usize> = blocks
@@ -1429,7 +1438,7 @@ pub fn conv3x3_backward(
                     }
                 },
             );
-        let (dw, v_bar) = weight_grad_and_v_bar(v, m, u, wanted.weight_grad_into);
+        let (dw, v_bar) = weight_grad_and_v_bar(v, m, u, into);
         // V̄ back per block.
         let pieces = v_bar.map_or_else(Vec::new, |mut v_bar| {
             let pieces = blocks
@@ -1502,12 +1511,16 @@ pub fn conv3x3_backward(
 
 /// [`conv3x3_backward`] with the batch's tiles in [`by_images`] order: `M̄` of the whole batch,
 /// `∂W` from it and `V`, `V̄ = Uᵀ·M̄` into `V`'s buffer (used up by then) and its adjoint
-/// transform into `∂x`.
+/// transform into `∂x`; `wanted` as [`Wanted`], taken apart.
 fn backward_by_images(
     plan: &Plan,
     gy: &[f32],
     n: usize,
-    wanted: Wanted<'_>,
+    (u, from, into): (
+        Option<&WinogradWeights>,
+        Option<WeightGradFrom<'_>>,
+        Option<GradInto<'_>>,
+    ),
 ) -> (Option<Array4<f32>>, Option<Array4<f32>>) {
     let (c_in, c_out) = (plan.c_in, plan.c_out);
     let tiles = (plan.tiles_y(), plan.tiles_x);
@@ -1516,7 +1529,7 @@ fn backward_by_images(
     let mut m: Array3<f32> = recycle::take_array((POSITIONS, c_out, total));
     let out_size = (n, plan.height + 2 * plan.padding - 2, plan.out_width);
     tiles_by_images::<M_TILE>(gy, out_size, 0, tiles, m.view_mut(), a4);
-    let v = wanted.weight_grad.map(|from| match from {
+    let v = from.map(|from| match from {
         WeightGradFrom::Input(x) => {
             let x = x.as_standard_layout();
             let mut v: Array3<f32> = recycle::take_array((POSITIONS, c_in, total));
@@ -1525,7 +1538,7 @@ fn backward_by_images(
         }
         WeightGradFrom::Tiles(mut t) => std::mem::take(&mut t.v),
     });
-    let (dw, v_bar) = weight_grad_and_v_bar(v, m, wanted.input_grad, wanted.weight_grad_into);
+    let (dw, v_bar) = weight_grad_and_v_bar(v, m, u, into);
     let dx = v_bar.map(|v_bar| {
         let mut dx: Array4<f32> = recycle::take_array((n, c_in, plan.height, plan.width));
         input_transform_adjoint_images(plan, v_bar.view(), &mut dx);
@@ -1896,8 +1909,10 @@ mod tests {
             let what = format!("{n}x{ci}->{co} {h}x{w}, p {p}");
             let both = Wanted {
                 input_grad: Some(&u),
-                weight_grad: Some(WeightGradFrom::Input(x.view())),
-                weight_grad_into: None,
+                weight_grad: Some(WeightGrad {
+                    from: WeightGradFrom::Input(x.view()),
+                    into: None,
+                }),
             };
             let (dx, dw) = conv3x3_backward(gy.view(), (h, w), p, both);
             let (dx, dw) = (dx.expect("∂x"), dw.expect("∂W"));
@@ -1909,7 +1924,6 @@ mod tests {
             let only_dx = Wanted {
                 input_grad: Some(&u),
                 weight_grad: None,
-                weight_grad_into: None,
             };
             let (alone, none) = conv3x3_backward(gy.view(), (h, w), p, only_dx);
             assert!(none.is_none(), "{what}: ∂W not asked for");
@@ -1917,8 +1931,10 @@ mod tests {
             assert!(err <= BOUND, "{what}: ∂x alone {err:e}");
             let only_dw = Wanted {
                 input_grad: None,
-                weight_grad: Some(WeightGradFrom::Input(x.view())),
-                weight_grad_into: None,
+                weight_grad: Some(WeightGrad {
+                    from: WeightGradFrom::Input(x.view()),
+                    into: None,
+                }),
             };
             let (none, alone) = conv3x3_backward(gy.view(), (h, w), p, only_dw);
             assert!(none.is_none(), "{what}: ∂x not asked for");
@@ -1930,10 +1946,12 @@ mod tests {
                 let mut buf = Array4::from_elem(alone.dim(), held);
                 let into = Wanted {
                     input_grad: None,
-                    weight_grad: Some(WeightGradFrom::Input(x.view())),
-                    weight_grad_into: Some(GradInto {
-                        buf: buf.view_mut(),
-                        accumulate,
+                    weight_grad: Some(WeightGrad {
+                        from: WeightGradFrom::Input(x.view()),
+                        into: Some(GradInto {
+                            buf: buf.view_mut(),
+                            accumulate,
+                        }),
                     }),
                 };
                 let (none, returned) = conv3x3_backward(gy.view(), (h, w), p, into);
@@ -1964,8 +1982,10 @@ mod tests {
             if let Some(kept) = kept {
                 let from_tiles = Wanted {
                     input_grad: Some(&u),
-                    weight_grad: Some(WeightGradFrom::Tiles(kept)),
-                    weight_grad_into: None,
+                    weight_grad: Some(WeightGrad {
+                        from: WeightGradFrom::Tiles(kept),
+                        into: None,
+                    }),
                 };
                 let (dx_t, dw_t) = conv3x3_backward(gy.view(), (h, w), p, from_tiles);
                 assert_eq!(dw_t.expect("∂W"), alone, "{what}: ∂W from kept tiles");
