@@ -1298,6 +1298,22 @@ pub struct Wanted<'a> {
     pub weight_grad: Option<WeightGrad<'a>>,
 }
 
+impl<'a> Wanted<'a> {
+    /// `U`, what `∂W` comes from and where it goes, each when wanted.
+    fn into_parts(
+        self,
+    ) -> (
+        Option<&'a WinogradWeights>,
+        Option<WeightGradFrom<'a>>,
+        Option<GradInto<'a>>,
+    ) {
+        let (from, into) = self
+            .weight_grad
+            .map_or((None, None), |w| (Some(w.from), w.into));
+        (self.input_grad, from, into)
+    }
+}
+
 /// `∂W` from what the forward pass kept, returned or written into a parameter's gradient.
 pub struct WeightGrad<'a> {
     /// What the forward pass kept.
@@ -1349,13 +1365,8 @@ pub fn conv3x3_backward(
         WeightGradFrom::Input(x) => x.dim(),
         WeightGradFrom::Tiles(t) => t.input,
     };
-    let (u, (from, into)) = (
-        wanted.input_grad,
-        wanted
-            .weight_grad
-            .map_or((None, None), |w| (Some(w.from), w.into)),
-    );
-    let c_in = match (&u, &from) {
+    let from = wanted.weight_grad.as_ref().map(|w| &w.from);
+    let c_in = match (&wanted.input_grad, from) {
         (Some(u), _) => u.c_in,
         (None, Some(from)) => input_dim(from).1,
         (None, None) => return (None, None),
@@ -1366,8 +1377,10 @@ pub fn conv3x3_backward(
         height + 2 * padding >= 3
             && out_height == height + 2 * padding - 2
             && out_width == width + 2 * padding - 2
-            && u.is_none_or(|u| u.c_out == c_out && u.c_in == c_in)
-            && from.as_ref().is_none_or(|from| {
+            && wanted
+                .input_grad
+                .is_none_or(|u| u.c_out == c_out && u.c_in == c_in)
+            && from.is_none_or(|from| {
                 input_dim(from) == (n, c_in, height, width)
                     && match from {
                         WeightGradFrom::Input(_) => true,
@@ -1389,14 +1402,15 @@ pub fn conv3x3_backward(
     // against 414–417 block by block at VGG16's conv3_2, 256 channels at 56×56; 32–33 against
     // 36–37 at ResNet-18's layer1; 21 against 22–23 at layer2), though in the forward pass they
     // do not (at layer2 11–12 ms against 9).
-    let images = match &from {
+    let images = match from {
         Some(WeightGradFrom::Tiles(t)) => t.by_images,
         Some(WeightGradFrom::Input(_)) => n >= MIN_LANE_IMAGES,
         None => by_images(n, total),
     };
     if images {
-        return backward_by_images(&plan, gs, n, (u, from, into));
+        return backward_by_images(&plan, gs, n, wanted);
     }
+    let (u, from, into) = wanted.into_parts();
     // ∂W's input tiles: kept by the forward pass, or transformed below from its input.
     let (input, mut v) = match from {
         Some(WeightGradFrom::Input(x)) => {
@@ -1511,17 +1525,14 @@ pub fn conv3x3_backward(
 
 /// [`conv3x3_backward`] with the batch's tiles in [`by_images`] order: `M̄` of the whole batch,
 /// `∂W` from it and `V`, `V̄ = Uᵀ·M̄` into `V`'s buffer (used up by then) and its adjoint
-/// transform into `∂x`; `wanted` as [`Wanted`], taken apart.
+/// transform into `∂x`.
 fn backward_by_images(
     plan: &Plan,
     gy: &[f32],
     n: usize,
-    (u, from, into): (
-        Option<&WinogradWeights>,
-        Option<WeightGradFrom<'_>>,
-        Option<GradInto<'_>>,
-    ),
+    wanted: Wanted<'_>,
 ) -> (Option<Array4<f32>>, Option<Array4<f32>>) {
+    let (u, from, into) = wanted.into_parts();
     let (c_in, c_out) = (plan.c_in, plan.c_out);
     let tiles = (plan.tiles_y(), plan.tiles_x);
     let total = n * tiles.0 * tiles.1;
