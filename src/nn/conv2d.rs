@@ -768,9 +768,13 @@ impl Layer for Conv2d {
         let per_in = g.channels * g.height * g.width;
         // Backward by Winograd where the forward pass took it: ∂x always, ∂W where it fits.
         let winograd = self.takes_winograd(n, (g.channels, co), (g.out_height, g.out_width));
-        let dw_by_winograd = winograd
-            && (cache.input.is_some() || cache.tiles.is_some())
-            && weight_grad_pays(n, (g.channels, co), (g.out_height, g.out_width));
+        // What Winograd's ∂W comes from (the forward pass's tiles or input), where it takes ∂W.
+        let from = match (cache.tiles, &cache.input) {
+            (Some(tiles), _) => Some(WeightGradFrom::Tiles(tiles)),
+            (None, input) => input.as_ref().map(|x| WeightGradFrom::Input(x.view())),
+        }
+        .filter(|_| winograd && weight_grad_pays(n, (g.channels, co), (g.out_height, g.out_width)));
+        let dw_by_winograd = from.is_some();
         // ∂W by Winograd goes straight into the weight's gradient.
         let dw_written = dw_by_winograd && self.weight.trainable();
         let (winograd_dx, winograd_dw) = if winograd && (cache.input_grad || dw_by_winograd) {
@@ -780,11 +784,6 @@ impl Layer for Conv2d {
                 .expect("standard layout");
             let input_size = (g.height, g.width);
             let padding = self.padding;
-            let from = match (cache.tiles, &cache.input) {
-                _ if !dw_by_winograd => None,
-                (Some(tiles), _) => Some(WeightGradFrom::Tiles(tiles)),
-                (None, input) => input.as_ref().map(|x| WeightGradFrom::Input(x.view())),
-            };
             // ∂W straight into the gradient's memory: no fresh array, no copy.
             let (input_grad, into) = self.winograd_backward_parts(cache.input_grad, dw_written);
             let wanted = Wanted {
