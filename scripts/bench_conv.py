@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Conv2d forward and backward GFLOP/s: tl against PyTorch, on the same machine in the same run.
 
-Shapes: VGG16's conv3_1 (56x56, 128 -> 256) and conv5_1 (14x14, 512 -> 512), batch 8, 3x3,
-padding 1, bias. Forward is timed without gradients; backward is the time of `backward` after a
+Shapes: those of `tl bench conv` (VGG16's conv1_2, conv2_2, conv3_1, conv4_2, conv5_1 and
+ResNet-18's layer1 and layer4, 3x3, padding 1, bias), all of them or those named by `--layers`;
+the script takes each shape's size and channels from tl's `--json` rows, so both sides always run
+the same shapes. Forward is timed without gradients; backward is the time of `backward` after a
 recorded forward, computing the gradients of the input, the weight and the bias (as `tl bench`
 does). Both sides use the same number of threads. Rounds alternate tl and PyTorch (and which goes
 first) so that both see the same machine conditions; the reported times are medians over all
@@ -10,7 +12,7 @@ timed repetitions.
 
 Run from the repository root after `cargo build --release` (needs torch):
 
-    python3 scripts/bench_conv.py [--threads 2] [--rounds 5] [--iters 10]
+    python3 scripts/bench_conv.py [--threads 2] [--rounds 5] [--iters 10] [--layers conv3_1,layer4]
 """
 
 import argparse
@@ -18,12 +20,12 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-SHAPES = [("conv3_1", 56, 128, 256), ("conv5_1", 14, 512, 512)]
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
@@ -31,23 +33,27 @@ def flops(batch, side, c_in, c_out):
     return 2.0 * batch * c_out * side * side * c_in * 9
 
 
-def run_tl(binary, threads, batch, iters):
-    out = subprocess.run(
-        [binary, "--threads", str(threads), "bench", "conv", "--batch", str(batch),
-         "--iters", str(iters), "--json"],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    times = {}
-    for line in out.splitlines():
+def run_tl(binary, threads, batch, iters, layers):
+    """tl's median seconds by (layer, pass), and its shapes in order: (name, side, c_in, c_out)."""
+    cmd = [binary, "--threads", str(threads), "bench", "conv", "--batch", str(batch),
+           "--iters", str(iters), "--json"] + (["--layers", layers] if layers else [])
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{run.stderr}")
+    times, shapes = {}, []
+    for line in run.stdout.splitlines():
         row = json.loads(line)
         times[(row["layer"], row["pass"])] = row["median_ms"] / 1e3
-    return times
+        shape = (row["layer"], row["side"], row["c_in"], row["c_out"])
+        if shape not in shapes:
+            shapes.append(shape)
+    return times, shapes
 
 
-def run_torch(batch, iters, warmup=2):
+def run_torch(batch, iters, shapes, warmup=2):
     times = {}
     gen = torch.Generator().manual_seed(0)
-    for name, side, c_in, c_out in SHAPES:
+    for name, side, c_in, c_out in shapes:
         x = torch.randn(batch, c_in, side, side, generator=gen)
         w = torch.randn(c_out, c_in, 3, 3, generator=gen) * 0.03
         b = torch.randn(c_out, generator=gen)
@@ -78,19 +84,24 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--layers", default="",
+                    help="comma-separated shape names of `tl bench conv` (default: all)")
     ap.add_argument("--tl", default=os.path.join(ROOT, "target", "release", "tl"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     load_before = os.getloadavg()[0]
     samples = {"tl": [], "torch": []}
+    shapes = None
     for r in range(args.rounds):
+        # tl goes first in the first round, which gives the shapes.
         order = ["tl", "torch"] if r % 2 == 0 else ["torch", "tl"]
         for who in order:
             if who == "tl":
-                samples["tl"].append(run_tl(args.tl, args.threads, args.batch, args.iters))
+                times, shapes = run_tl(args.tl, args.threads, args.batch, args.iters, args.layers)
+                samples["tl"].append(times)
             else:
-                samples["torch"].append(run_torch(args.batch, args.iters))
+                samples["torch"].append(run_torch(args.batch, args.iters, shapes))
 
     print(f"Conv2d 3x3, padding 1, batch {args.batch}, {args.threads} threads, "
           f"{args.rounds} interleaved rounds of {args.iters}; median ms and GFLOP/s")
@@ -100,7 +111,7 @@ def main():
              f"{'torch ms':>9} {'torch GF/s':>10} {'tl/torch':>8}"
     print(header)
     print("-" * len(header))
-    for name, side, c_in, c_out in SHAPES:
+    for name, side, c_in, c_out in shapes:
         for pass_ in ["forward", "backward"]:
             work = flops(args.batch, side, c_in, c_out) * (1 if pass_ == "forward" else 2)
             t_tl = statistics.median(s[(name, pass_)] for s in samples["tl"])

@@ -1,6 +1,6 @@
-//! `tl features`, `tl predict` and `tl inspect` end to end: parity with torchvision's own
-//! preprocessing and model on PNG files (fixtures from scripts/gen_model_fixtures.py), output
-//! formats, and clear errors for bad input.
+//! `tl features`, `tl predict`, `tl inspect` and `tl bench conv` end to end: parity with
+//! torchvision's own preprocessing and model on PNG files (fixtures from
+//! scripts/gen_model_fixtures.py), output formats, and clear errors for bad input.
 
 mod common_models;
 
@@ -251,6 +251,70 @@ fn raw_safetensors(path: &Path, header: &str, data: &[u8]) {
     b.extend_from_slice(header.as_bytes());
     b.extend_from_slice(data);
     std::fs::write(path, b).unwrap();
+}
+
+/// `tl bench conv --json`: one row per shape and pass with the shape's size and channels (what
+/// scripts/bench_conv.py runs PyTorch at), its time, and the GFLOP/s of a direct convolution in
+/// that time; an unknown shape is an error naming the flag and the known ones.
+#[test]
+fn bench_conv_reports_each_shape_and_pass_as_json() {
+    let out = tl(&[
+        "--threads",
+        "2",
+        "bench",
+        "conv",
+        "--batch",
+        "2",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--layers",
+        "layer4,conv5_1",
+        "--json",
+    ]);
+    let rows: Vec<serde_json::Value> = ok(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(&str, u64, u64, u64, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["layer"].as_str().unwrap(),
+                r["side"].as_u64().unwrap(),
+                r["c_in"].as_u64().unwrap(),
+                r["c_out"].as_u64().unwrap(),
+                r["pass"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("conv5_1", 14, 512, 512, "forward"),
+            ("conv5_1", 14, 512, 512, "backward"),
+            ("layer4", 7, 512, 512, "forward"),
+            ("layer4", 7, 512, 512, "backward"),
+        ]
+    );
+    for r in &rows {
+        assert_eq!(r["batch"], 2);
+        let side = r["side"].as_f64().unwrap();
+        let passes = if r["pass"] == "forward" { 1.0 } else { 2.0 };
+        let flops = passes * 2.0 * 2.0 * 512.0 * side * side * 512.0 * 9.0;
+        let ms = r["median_ms"].as_f64().unwrap();
+        let gflops = r["gflops"].as_f64().unwrap();
+        assert!(ms > 0.0, "{r}");
+        assert!(
+            (gflops - flops / (ms * 1e6)).abs() <= 0.06 + 1e-3 * gflops,
+            "GFLOP/s from the time: {r}"
+        );
+    }
+    fails_naming(
+        &tl(&["bench", "conv", "--layers", "conv9_9"]),
+        &["--layers", "conv9_9", "layer4"],
+    );
 }
 
 #[test]

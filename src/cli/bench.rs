@@ -137,7 +137,7 @@ fn conv(a: ConvArgs) -> Result<()> {
             let gflops = work / t / 1e9;
             if a.json {
                 println!(
-                    "{{\"layer\":\"{name}\",\"batch\":{},\"pass\":\"{pass}\",\"median_ms\":{:.3},\"gflops\":{:.1}}}",
+                    "{{\"layer\":\"{name}\",\"side\":{side},\"c_in\":{c_in},\"c_out\":{c_out},\"batch\":{},\"pass\":\"{pass}\",\"median_ms\":{:.3},\"gflops\":{:.1}}}",
                     a.batch,
                     t * 1e3,
                     gflops

@@ -65,6 +65,8 @@ struct Cache {
     tiles: Option<InputTiles>,
     input_shape: [usize; 4],
     input_grad: bool,
+    /// Whether the forward pass took Winograd (then backward does too).
+    winograd: bool,
 }
 
 impl Conv2d {
@@ -393,12 +395,14 @@ impl Conv2d {
     }
 
     /// Whether a convolution of `n` images with this layer's kernel, from `c_in` to `c_out`
-    /// channels, to an `oh`×`ow` output, takes Winograd.
+    /// channels, to an `oh`×`ow` output, takes Winograd, in a `training` pass or not (see
+    /// [`winograd_pays`]).
     fn takes_winograd(
         &self,
         n: usize,
         (c_in, c_out): (usize, usize),
         (oh, ow): (usize, usize),
+        training: bool,
     ) -> bool {
         if self.kernel() != 3 || self.stride != 1 || n * oh * ow == 0 {
             return false;
@@ -406,7 +410,7 @@ impl Conv2d {
         match algorithm() {
             Algorithm::Im2col => false,
             Algorithm::Winograd => true,
-            Algorithm::Auto => winograd_pays(n, (c_in, c_out), (oh, ow), self.weight.trainable()),
+            Algorithm::Auto => winograd_pays(n, (c_in, c_out), (oh, ow), training),
         }
     }
 
@@ -484,30 +488,36 @@ fn algorithm() -> Algorithm {
 }
 
 /// Whether Winograd F(4×4, 3×3) pays over im2col + GEMM for `n` images from `c_in` to `c_out`
-/// channels to an `oh`×`ow` output, with a weight that is `trainable` (then its transform is
-/// rebuilt after every optimizer step, which costs about what 16 tiles save).
+/// channels to an `oh`×`ow` output, in a `training` pass (a tracked pass of a trainable weight,
+/// whose transform is then rebuilt after every optimizer step) or another (inference, a frozen
+/// weight, a validation pass: the transform is built once per weight value).
 ///
 /// Its products shrink 4× but its transforms cost per tile and channel, so it needs channels:
 /// `h = C_in·C_out/(C_in + C_out)` (the transforms' share of the work goes as `1/h`) of at least
-/// 16, and enough 4×4 output tiles (over the batch) for the products to run wide: 48 at `h ≥ 16`,
-/// 32 at `h ≥ 32`, 16 more for a trainable weight. Measured on 2 threads against im2col (forward,
-/// 3×3, padding 1, batch 1 to 8, 7×7 to 56×56): at 4 to 8 tiles 0.4–0.8× (mostly), at 16 tiles
-/// 0.6–1.7×; from 32 tiles 1.3–1.6× at 64 channels and 1.6–2.5× at 128 to 512 (3.1× at 392
-/// tiles); 32 channels 1.0–1.2× at 32 tiles and 1.3–1.8× from 49; 16 channels 0.9–2×.
+/// 16, and enough 4×4 output tiles (over the batch) for the products to run wide. At `h ≥ 32`
+/// (64 channels and up): 12 tiles, 24 in training. Measured on the Zen 3 part, 2 threads, against
+/// im2col, C_in = C_out = 64 to 512 on 7×7 to 14×14 maps, batch 1 to 12 (medians of 12, two
+/// alternations): inference at 4 tiles 0.6–1.2×, 8 tiles 1.0–1.7×, 12 tiles 1.1–2.0×, 16 tiles
+/// 0.9–1.9×, from 24 tiles 1.2–2.5×; a training step (forward, `∂x` and `∂W`, one rebuild) at 16
+/// tiles 0.7–1.4×, 24 tiles 1.0–1.4×, 32 tiles 1.1–1.9×, 48 tiles 1.8–2.0×. At `16 ≤ h < 32`:
+/// 48 tiles, 64 in training (earlier, on the Zen 4 part: 32 channels 1.0–1.2× at 32 tiles and
+/// 1.3–1.8× from 49; 16 channels 0.9–2×).
 pub fn winograd_pays(
     n: usize,
     (c_in, c_out): (usize, usize),
     (oh, ow): (usize, usize),
-    trainable: bool,
+    training: bool,
 ) -> bool {
     let tiles = n * oh.div_ceil(4) * ow.div_ceil(4);
     let h = c_in * c_out / (c_in + c_out).max(1);
-    let min_tiles = match h {
-        32.. => 32,
-        16.. => 48,
+    let min_tiles = match (h, training) {
+        (32.., false) => 12,
+        (32.., true) => 24,
+        (16.., false) => 48,
+        (16.., true) => 64,
         _ => return false,
     };
-    tiles >= min_tiles + if trainable { 16 } else { 0 }
+    tiles >= min_tiles
 }
 
 /// The Winograd-domain weights (4× the weight's size, built on first use) with the
@@ -702,7 +712,10 @@ impl Conv2d {
             epilogue = epilogue.then_affine(scale, shift, relu);
         }
         let wants_dw = track && self.weight.trainable();
-        let (y, tiles) = if self.takes_winograd(n, (g.channels, co), (g.out_height, g.out_width)) {
+        // A pass that computes ∂W is a training pass: its weight changes after it.
+        let winograd =
+            self.takes_winograd(n, (g.channels, co), (g.out_height, g.out_width), wants_dw);
+        let (y, tiles) = if winograd {
             let padding = self.padding;
             let keep =
                 wants_dw && weight_grad_pays(n, (g.channels, co), (g.out_height, g.out_width));
@@ -724,6 +737,7 @@ impl Conv2d {
             input,
             tiles,
             input_grad: ctx.input_grad,
+            winograd,
         });
         y.into_dyn()
     }
@@ -767,7 +781,7 @@ impl Layer for Conv2d {
         }
         let per_in = g.channels * g.height * g.width;
         // Backward by Winograd where the forward pass took it: ∂x always, ∂W where it fits.
-        let winograd = self.takes_winograd(n, (g.channels, co), (g.out_height, g.out_width));
+        let winograd = cache.winograd;
         // What Winograd's ∂W comes from (the forward pass's tiles or input), where it takes ∂W.
         let from = match (cache.tiles, &cache.input) {
             (Some(tiles), _) => Some(WeightGradFrom::Tiles(tiles)),
@@ -1056,10 +1070,63 @@ mod tests {
             let g = conv.geometry(&[n, c, side, side]);
             let (oh, ow) = (g.out_height, g.out_width);
             if algorithm() != Algorithm::Im2col {
-                assert!(conv.takes_winograd(n, (c, co), (oh, ow)), "forward");
+                assert!(conv.takes_winograd(n, (c, co), (oh, ow), true), "forward");
                 assert!(weight_grad_pays(n, (c, co), (oh, ow)), "weight gradient");
             }
             assert_layer_matches_direct(&mut conv, &mut rng, n, side);
+        }
+    }
+
+    /// Inference passes take Winograd from fewer tiles than training passes (whose
+    /// Winograd-domain weights are rebuilt after every step); a training pass's backward follows
+    /// its forward pass's choice, and both paths agree with each other and a direct convolution.
+    #[test]
+    fn inference_and_training_passes_choose_winograd_by_their_own_thresholds() {
+        // 64 channels (h = 32) on 8×8 maps, four tiles per image: 12 tiles, 24 in training.
+        assert!(!winograd_pays(2, (64, 64), (8, 8), false), "8 tiles");
+        assert!(
+            winograd_pays(3, (64, 64), (8, 8), false),
+            "12 tiles, inference"
+        );
+        assert!(
+            !winograd_pays(5, (64, 64), (8, 8), true),
+            "20 tiles, training"
+        );
+        assert!(
+            winograd_pays(6, (64, 64), (8, 8), true),
+            "24 tiles, training"
+        );
+        // 32 channels (h = 16): 48 tiles, 64 in training; under h = 16 never.
+        assert!(!winograd_pays(11, (32, 32), (8, 8), false));
+        assert!(winograd_pays(12, (32, 32), (8, 8), false));
+        assert!(!winograd_pays(15, (32, 32), (8, 8), true));
+        assert!(winograd_pays(16, (32, 32), (8, 8), true));
+        assert!(!winograd_pays(1000, (16, 32), (56, 56), false));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        for (n, training_takes) in [(3, false), (6, true)] {
+            let mut conv = Conv2d::new(64, 64, 3, 1, 1, true, &mut rng);
+            let x = uniform(&mut rng, &[n, 64, 8, 8], 1.0);
+            let inferred = conv.forward(x.clone(), &mut Context::eval(&mut rng));
+            let mut ctx = Context::train(&mut rng);
+            ctx.input_grad = true;
+            let trained = conv.forward(x.clone(), &mut ctx);
+            if algorithm() == Algorithm::Auto {
+                assert!(conv.winograd.is_some(), "inference at {} tiles", 4 * n);
+                let cache = conv.cache.as_ref().expect("a tracked pass");
+                assert_eq!(
+                    cache.winograd,
+                    training_takes,
+                    "training at {} tiles",
+                    4 * n
+                );
+            }
+            close(
+                "inference against training",
+                inferred.as_slice().expect("contiguous"),
+                trained.iter().map(|&v| v as f64),
+            );
+            conv.backward(ArrayD::zeros(trained.shape()));
+            assert_layer_matches_direct(&mut conv, &mut rng, n, 8);
         }
     }
 
@@ -1071,7 +1138,7 @@ mod tests {
         let (n, c, co, side) = (2, 64, 64, 32);
         let mut conv = Conv2d::new(c, co, 3, 1, 1, false, &mut rng);
         if algorithm() != Algorithm::Im2col {
-            assert!(conv.takes_winograd(n, (c, co), (side, side)));
+            assert!(conv.takes_winograd(n, (c, co), (side, side), true));
         }
         let x = uniform(&mut rng, &[n, c, side, side], 1.0);
         let gy = uniform(&mut rng, &[n, co, side, side], 1.0);
