@@ -452,37 +452,55 @@ const VECTOR: usize = 16;
 
 /// `out[·][k] = f(inp[·][k])` for `k < n`: one 1-D transform per lane, the lanes contiguous.
 /// [`VECTOR`] lanes at a time go through local arrays, so the compiler vectorises the step
-/// without proving that a dozen slices do not overlap (it gives up on that and runs scalar code).
+/// without proving that a dozen slices do not overlap (it gives up on that and runs scalar code);
+/// what is left goes 8 and then 4 lanes at a time the same way (eight or twelve images as the
+/// lanes would otherwise run entirely scalar), and the last few one by one.
 #[inline(always)]
 fn lanes<const I: usize, const O: usize>(
     n: usize,
     inp: [&[f32]; I],
     out: [&mut [f32]; O],
-    f: impl Fn([f32; I]) -> [f32; O],
+    f: impl Fn([f32; I]) -> [f32; O] + Copy,
 ) {
     let inp = inp.map(|s| &s[..n]);
     let mut out = out.map(|s| &mut s[..n]);
-    let whole = n - n % VECTOR;
-    for k0 in (0..whole).step_by(VECTOR) {
-        let x: [[f32; VECTOR]; I] =
-            std::array::from_fn(|i| inp[i][k0..k0 + VECTOR].try_into().expect("VECTOR lanes"));
-        let mut y = [[0.0f32; VECTOR]; O];
-        for l in 0..VECTOR {
+    let mut k0 = lanes_by::<VECTOR, I, O>(0, n, &inp, &mut out, f);
+    k0 = lanes_by::<8, I, O>(k0, n, &inp, &mut out, f);
+    k0 = lanes_by::<4, I, O>(k0, n, &inp, &mut out, f);
+    for k in k0..n {
+        let v = f(std::array::from_fn(|i| inp[i][k]));
+        for (o, v) in out.iter_mut().zip(v) {
+            o[k] = v;
+        }
+    }
+}
+
+/// [`lanes`] over `W` lanes at a time from lane `k0` while `W` remain; returns the first lane
+/// left.
+#[inline(always)]
+fn lanes_by<const W: usize, const I: usize, const O: usize>(
+    mut k0: usize,
+    n: usize,
+    inp: &[&[f32]; I],
+    out: &mut [&mut [f32]; O],
+    f: impl Fn([f32; I]) -> [f32; O],
+) -> usize {
+    while k0 + W <= n {
+        let x: [[f32; W]; I] =
+            std::array::from_fn(|i| inp[i][k0..k0 + W].try_into().expect("W lanes"));
+        let mut y = [[0.0f32; W]; O];
+        for l in 0..W {
             let v = f(std::array::from_fn(|i| x[i][l]));
             for (y, v) in y.iter_mut().zip(v) {
                 y[l] = v;
             }
         }
         for (o, y) in out.iter_mut().zip(&y) {
-            o[k0..k0 + VECTOR].copy_from_slice(y);
+            o[k0..k0 + W].copy_from_slice(y);
         }
+        k0 += W;
     }
-    for k in whole..n {
-        let v = f(std::array::from_fn(|i| inp[i][k]));
-        for (o, v) in out.iter_mut().zip(v) {
-            o[k] = v;
-        }
-    }
+    k0
 }
 
 /// `K` consecutive chunks of `buf`, each `len` long, from chunk `first`.
@@ -1864,6 +1882,30 @@ mod tests {
                     .iter()
                     .chain(&dst[offset + len..])
                     .all(|&v| v == -1.0));
+            }
+        }
+    }
+
+    /// Every lane count, through the 16-, 8- and 4-wide steps and the one-by-one tail, gives
+    /// each lane exactly what the transform gives it alone, and writes nothing past `n`.
+    #[test]
+    fn lanes_transform_every_lane_at_any_count() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        for n in 0..=45 {
+            let inp: Vec<Vec<f32>> = (0..ALPHA)
+                .map(|_| (0..n + 3).map(|_| rng.random_range(-1.0..1.0)).collect())
+                .collect();
+            let mut out = vec![vec![7.0f32; n + 3]; ALPHA];
+            let rows: [&[f32]; ALPHA] = std::array::from_fn(|i| &inp[i][..]);
+            let mut it = out.iter_mut();
+            let dst: [&mut [f32]; ALPHA] = std::array::from_fn(|_| &mut it.next().unwrap()[..]);
+            lanes(n, rows, dst, bt6);
+            for k in 0..n + 3 {
+                let want = bt6(std::array::from_fn(|i| inp[i][k]));
+                for (o, w) in out.iter().zip(want) {
+                    let expected = if k < n { w } else { 7.0 };
+                    assert_eq!(o[k].to_bits(), expected.to_bits(), "n {n}, lane {k}");
+                }
             }
         }
     }
