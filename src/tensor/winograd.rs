@@ -460,19 +460,14 @@ fn lanes<const I: usize, const O: usize>(
     n: usize,
     inp: [&[f32]; I],
     out: [&mut [f32]; O],
-    f: impl Fn([f32; I]) -> [f32; O] + Copy,
+    f: impl Fn([f32; I]) -> [f32; O],
 ) {
     let inp = inp.map(|s| &s[..n]);
     let mut out = out.map(|s| &mut s[..n]);
-    let mut k0 = lanes_by::<VECTOR, I, O>(0, n, &inp, &mut out, f);
-    k0 = lanes_by::<8, I, O>(k0, n, &inp, &mut out, f);
-    k0 = lanes_by::<4, I, O>(k0, n, &inp, &mut out, f);
-    for k in k0..n {
-        let v = f(std::array::from_fn(|i| inp[i][k]));
-        for (o, v) in out.iter_mut().zip(v) {
-            o[k] = v;
-        }
-    }
+    let k0 = lanes_by::<VECTOR, I, O>(0, n, &inp, &mut out, &f);
+    let k0 = lanes_by::<8, I, O>(k0, n, &inp, &mut out, &f);
+    let k0 = lanes_by::<4, I, O>(k0, n, &inp, &mut out, &f);
+    lanes_by::<1, I, O>(k0, n, &inp, &mut out, &f);
 }
 
 /// [`lanes`] over `W` lanes at a time from lane `k0` while `W` remain; returns the first lane
@@ -1419,7 +1414,9 @@ pub fn conv3x3_backward(
     // the images as lanes pay on large maps too (∂x and ∂W at batch 16, 2 threads: 266–273 ms
     // against 414–417 block by block at VGG16's conv3_2, 256 channels at 56×56; 32–33 against
     // 36–37 at ResNet-18's layer1; 21 against 22–23 at layer2), though in the forward pass they
-    // do not (at layer2 11–12 ms against 9).
+    // do not (at layer2 11–12 ms against 9). On the Zen 3 part (AVX2) at batch 8 and 16, once
+    // eight images ran vectorised too, the two orders measured the same at layer1 and VGG16's
+    // conv2_2 and conv4_2 (`tl bench conv`, 3 alternations).
     let images = match from {
         Some(WeightGradFrom::Tiles(t)) => t.by_images,
         Some(WeightGradFrom::Input(_)) => n >= MIN_LANE_IMAGES,
