@@ -18,7 +18,9 @@ ColorJitter(brightness=0.2) between Resize(256) and CenterCrop(224)), and for Re
 without augmentation over 10 epochs end to end, where tl trains from its frozen-feature cache: that
 case compares tl's decode + cache + epochs + checkpoints (the total of the `time: <s> s (...)` line
 `tl finetune` prints to stderr, weight loading left out) against PyTorch's loop, timed from the
-first epoch to the last, which decodes every image every epoch and writes no checkpoints.
+first epoch to the last, which decodes every image every epoch and writes no checkpoints. For
+that case it also prints CPU seconds (user + system, all threads): tl's whole process, PyTorch's
+over the timed loop (`time.process_time`), a ratio less moved by other load on the machine.
 """
 
 import argparse
@@ -58,7 +60,8 @@ def make_data(root: str) -> None:
 
 
 def torch_finetune(argv) -> None:
-    """Child: the PyTorch loop; prints {"epoch": seconds of the last epoch, "total": seconds}."""
+    """Child: the PyTorch loop; prints {"epoch": seconds of the last epoch, "total": seconds,
+    "cpu": CPU seconds of all its threads over the same span as "total"}."""
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
     p.add_argument("--weights", required=True)
@@ -103,7 +106,7 @@ def torch_finetune(argv) -> None:
             if isinstance(m, torch.nn.BatchNorm2d) and not trains(n + "."):
                 m.eval()
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     last = 0.0
     for _ in range(a.epochs):
         t0 = time.perf_counter()
@@ -118,7 +121,8 @@ def torch_finetune(argv) -> None:
             for x, y in vl:
                 torch.nn.functional.cross_entropy(net(x), y)
         last = time.perf_counter() - t0
-    print(json.dumps({"epoch": last, "total": time.perf_counter() - start}))
+    print(json.dumps({"epoch": last, "total": time.perf_counter() - start,
+                      "cpu": time.process_time() - cpu_start}))
 
 
 def tl_epoch(metrics: str) -> float:
@@ -166,6 +170,8 @@ def main() -> None:
         if m == "resnet18":
             cases.append((f"{m} conv5, no augmentation, 10 epochs", m, w, "none", 10, "total"))
     results = {c[0]: {"tl": [], "torch": []} for c in cases}
+    # CPU seconds (user + system, all threads) of the end-to-end cases.
+    cpu = {c[0]: {"tl": [], "torch": []} for c in cases}
     for r in range(args.rounds):
         for name, m, w, aug, epochs, what in cases:
             order = ["tl", "torch"] if r % 2 == 0 else ["torch", "tl"]
@@ -177,16 +183,19 @@ def main() -> None:
                            "--freeze-until", "conv5", "--epochs", str(epochs), "--batch-size", "16",
                            "--patience", "0", "--augment", "none" if aug == "none" else
                            "flip,translate,rotate,scale,brightness", "-o", out]
-                    bvt.run_child(cmd, env, log)
+                    run = bvt.run_child(cmd, env, log)
                     epoch = tl_epoch(out.replace(".safetensors", ".metrics.csv"))
                     total = tl_total(log + ".err") if what == "total" else None
+                    cpu_s = run.cpu
                 else:
                     cmd = [sys.executable, os.path.abspath(__file__), "_torch", "--model", m, "--weights", w,
                            "--data", data, "--epochs", str(epochs), "--augment", aug, "--threads", str(args.threads)]
                     rep = bvt.run_child(cmd, env, log).report
-                    epoch, total = rep["epoch"], rep["total"]
+                    epoch, total, cpu_s = rep["epoch"], rep["total"], rep["cpu"]
                 v = epoch if what == "epoch" else total
                 results[name][tool].append(v)
+                if what == "total":
+                    cpu[name][tool].append(cpu_s)
                 print(f"round {r + 1}/{args.rounds} {name:40} {tool:5} {v:7.2f} s  load {os.getloadavg()[0]:.2f}",
                       file=sys.stderr)
     print(f"\n`{command}`\n")
@@ -197,6 +206,16 @@ def main() -> None:
         pair = [b / a for a, b in zip(t, h)]
         print(f"| {name} | {statistics.median(t):.2f} | {statistics.median(h):.2f} | "
               f"**{statistics.median(pair):.2f}×** ({min(pair):.2f}–{max(pair):.2f}) |")
+    ends = [name for name, *_ in cases if cpu[name]["tl"]]
+    if ends:
+        print("\nCPU time (user + system, all threads), less sensitive than wall time to other processes "
+              "on the machine; tl's whole process (start-up and weight loading included), PyTorch's over "
+              "the timed loop:\n")
+        for name in ends:
+            t, h = cpu[name]["tl"], cpu[name]["torch"]
+            pair = [b / a for a, b in zip(t, h)]
+            print(f"- {name}: tl {statistics.median(t):.2f} s, PyTorch {statistics.median(h):.2f} s "
+                  f"(PyTorch / tl = {statistics.median(pair):.2f}, {min(pair):.2f}–{max(pair):.2f})")
 
 
 if __name__ == "__main__":
