@@ -13,6 +13,7 @@ use crate::nn::{
     join, AdaptiveAvgPool2d, BatchNorm, Context, Conv2d, Flatten, Layer, Linear, MaxPool2d, Param,
     Relu, Sequential,
 };
+use crate::tensor::{add_into, copy_of, recycle};
 
 /// Stage names in order.
 pub const STAGES: [&str; 7] = ["conv1", "conv2", "conv3", "conv4", "conv5", "pool", "fc"];
@@ -65,7 +66,7 @@ impl BasicBlock {
 impl Layer for BasicBlock {
     fn forward(&mut self, x: ArrayD<f32>, ctx: &mut Context<'_>) -> ArrayD<f32> {
         let input_grad = ctx.input_grad;
-        let skip_in = x.clone();
+        let skip_in = copy_of(&x);
         let mut y = self.main.forward(x, ctx);
         let main_track = ctx.input_grad;
         ctx.input_grad = input_grad;
@@ -74,7 +75,8 @@ impl Layer for BasicBlock {
             None => skip_in,
         };
         let skip_track = ctx.input_grad;
-        y += &skip;
+        add_into(&mut y, &skip);
+        recycle::give_array(skip);
         ctx.input_grad = main_track || skip_track;
         self.tracks = ctx
             .grad_enabled
@@ -89,8 +91,8 @@ impl Layer for BasicBlock {
             None
         } else {
             match &mut self.downsample {
-                Some(ds) => ds.backward(g.clone()),
-                None => Some(g.clone()),
+                Some(ds) => ds.backward(copy_of(&g)),
+                None => Some(copy_of(&g)),
             }
         };
         let main = if main_track {
@@ -103,7 +105,8 @@ impl Layer for BasicBlock {
         }
         match (main, skip) {
             (Some(mut a), Some(b)) => {
-                a += &b;
+                add_into(&mut a, &b);
+                recycle::give_array(b);
                 Some(a)
             }
             (a, b) => a.or(b),
