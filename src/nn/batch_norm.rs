@@ -249,6 +249,7 @@ impl Layer for BatchNorm {
             self.bias.accumulate_grad(d.into_dyn().view());
         }
         if !cache.input_grad {
+            recycle::give_array(cache.xhat);
             return None;
         }
         let gamma = vec_of(&self.weight);
@@ -268,6 +269,7 @@ impl Layer for BatchNorm {
                     gc.mapv_inplace(|v| v * ga * is);
                 }
             });
+        recycle::give_array(cache.xhat);
         Some(
             g.into_shape_with_order(cache.shape)
                 .expect("shape")

@@ -842,6 +842,11 @@ impl Layer for Conv2d {
             self.weight.accumulate_grad(total.view());
             recycle::give_array(total);
         }
+        // The gradient and the kept input are used up: their memory goes back to the pool.
+        recycle::give_array(grad);
+        if let Some(x) = cache.input {
+            recycle::give_array(x);
+        }
         if let Some(dx) = winograd_dx {
             return Some(dx.into_dyn());
         }

@@ -8,6 +8,7 @@
 //! in full take one. Buffers under [`MIN_BYTES`] are left to the allocator; the pool holds at most
 //! [`MAX_BUFFERS`] buffers and [`MAX_BYTES`] in all, dropping the oldest beyond that.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use ndarray::{Array, Dimension, ShapeBuilder};
@@ -22,7 +23,7 @@ pub const MAX_BUFFERS: usize = 24;
 pub const MAX_BYTES: usize = 512 << 20;
 
 /// A set of kept buffers; the layers share [`GLOBAL`] through the free functions.
-pub struct Pool(Mutex<Vec<Vec<f32>>>);
+pub struct Pool(Mutex<Vec<Vec<f32>>>, AtomicUsize);
 
 /// The pool the layers share.
 pub static GLOBAL: Pool = Pool::new();
@@ -34,7 +35,7 @@ fn bytes(v: &Vec<f32>) -> usize {
 impl Pool {
     /// An empty pool.
     pub const fn new() -> Self {
-        Pool(Mutex::new(Vec::new()))
+        Pool(Mutex::new(Vec::new()), AtomicUsize::new(0))
     }
 
     /// Keeps `v`'s memory for a later [`Pool::take`] (when it is large enough to be worth it).
@@ -69,7 +70,17 @@ impl Pool {
                 }
             }
         }
+        if len * std::mem::size_of::<f32>() >= MIN_BYTES {
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
         vec![0.0; len]
+    }
+
+    /// How many takes of at least [`MIN_BYTES`] found no kept buffer and allocated a fresh one,
+    /// since the pool was made: none, batch after batch, once every buffer a pass takes is given
+    /// back after its last use.
+    pub fn misses(&self) -> usize {
+        self.1.load(Ordering::Relaxed)
     }
 }
 
@@ -172,6 +183,12 @@ mod tests {
         let c = pool.take(n / 3);
         assert_eq!(c.len(), n / 3);
         assert_ne!(c.as_ptr(), ptr);
+        // Only that last take allocated.
+        assert_eq!(
+            pool.misses(),
+            2,
+            "the first take and the one that did not fit"
+        );
         // Small buffers are never pooled: always fresh zeros.
         pool.give(vec![3.0f32; 16]);
         assert_eq!(pool.take(16), vec![0.0; 16]);
