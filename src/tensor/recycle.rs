@@ -23,7 +23,12 @@ pub const MAX_BUFFERS: usize = 24;
 pub const MAX_BYTES: usize = 512 << 20;
 
 /// A set of kept buffers; the layers share [`GLOBAL`] through the free functions.
-pub struct Pool(Mutex<Vec<Vec<f32>>>, AtomicUsize);
+pub struct Pool {
+    /// The kept buffers, oldest first.
+    kept: Mutex<Vec<Vec<f32>>>,
+    /// [`Pool::misses`].
+    misses: AtomicUsize,
+}
 
 /// The pool the layers share.
 pub static GLOBAL: Pool = Pool::new();
@@ -35,7 +40,10 @@ fn bytes(v: &Vec<f32>) -> usize {
 impl Pool {
     /// An empty pool.
     pub const fn new() -> Self {
-        Pool(Mutex::new(Vec::new()), AtomicUsize::new(0))
+        Pool {
+            kept: Mutex::new(Vec::new()),
+            misses: AtomicUsize::new(0),
+        }
     }
 
     /// Keeps `v`'s memory for a later [`Pool::take`] (when it is large enough to be worth it).
@@ -43,7 +51,9 @@ impl Pool {
         if bytes(&v) < MIN_BYTES {
             return;
         }
-        let Ok(mut pool) = self.0.lock() else { return };
+        let Ok(mut pool) = self.kept.lock() else {
+            return;
+        };
         pool.push(v);
         while pool.len() > MAX_BUFFERS || pool.iter().map(bytes).sum::<usize>() > MAX_BYTES {
             pool.remove(0);
@@ -57,7 +67,7 @@ impl Pool {
     /// smallest.
     pub fn take(&self, len: usize) -> Vec<f32> {
         if len * std::mem::size_of::<f32>() >= MIN_BYTES {
-            if let Ok(mut pool) = self.0.lock() {
+            if let Ok(mut pool) = self.kept.lock() {
                 let best = (pool.iter().enumerate())
                     .filter(|(_, v)| v.capacity() >= len && v.capacity() <= 2 * len)
                     .max_by_key(|(_, v)| (v.len().min(len), std::cmp::Reverse(v.capacity())))
@@ -71,7 +81,7 @@ impl Pool {
             }
         }
         if len * std::mem::size_of::<f32>() >= MIN_BYTES {
-            self.1.fetch_add(1, Ordering::Relaxed);
+            self.misses.fetch_add(1, Ordering::Relaxed);
         }
         vec![0.0; len]
     }
@@ -80,7 +90,7 @@ impl Pool {
     /// since the pool was made: none, batch after batch, once every buffer a pass takes is given
     /// back after its last use.
     pub fn misses(&self) -> usize {
-        self.1.load(Ordering::Relaxed)
+        self.misses.load(Ordering::Relaxed)
     }
 }
 
@@ -196,7 +206,7 @@ mod tests {
         for _ in 0..MAX_BUFFERS + 2 {
             pool.give(vec![1.0f32; n]);
         }
-        assert_eq!(pool.0.lock().unwrap().len(), MAX_BUFFERS);
+        assert_eq!(pool.kept.lock().unwrap().len(), MAX_BUFFERS);
         let arr: ndarray::Array3<f32> = take_array((3, n / 3, 1));
         assert_eq!(arr.shape(), &[3, n / 3, 1]);
     }
@@ -225,8 +235,14 @@ mod tests {
     fn scratch_keeps_its_values_until_it_must_grow_and_returns_memory_to_the_pool() {
         // A pool of this test's own (the shared one serves the other tests meanwhile).
         static POOL: Pool = Pool::new();
-        let kept =
-            || -> Vec<*const f32> { POOL.0.lock().unwrap().iter().map(|v| v.as_ptr()).collect() };
+        let kept = || -> Vec<*const f32> {
+            POOL.kept
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_ptr())
+                .collect()
+        };
         let n = MIN_BYTES / 4 * 2;
         let mut s = Scratch::on(&POOL);
         s.get(n).iter_mut().for_each(|v| *v = 5.0);
