@@ -9,8 +9,7 @@ pub mod pool;
 pub mod recycle;
 pub mod winograd;
 
-use ndarray::{Array, Dimension};
-use rayon::prelude::*;
+use ndarray::{Array, Dimension, Zip};
 
 /// `x` in standard (C-order, contiguous) layout, copied only when it is not already.
 pub fn into_standard<D: Dimension>(x: Array<f32, D>) -> Array<f32, D> {
@@ -21,40 +20,22 @@ pub fn into_standard<D: Dimension>(x: Array<f32, D>) -> Array<f32, D> {
     }
 }
 
-/// Values per parallel job of [`copy_of`] and [`add_into`] (256 KB): many jobs per thread on a
-/// large map, one on a small one.
-const ELEMENTWISE_JOB: usize = 1 << 16;
-
 /// A copy of `x` in standard layout, in memory from the [`recycle`] pool (no fresh pages to
-/// fault in), copied in parallel jobs.
+/// fault in once the pool holds a buffer of its size), copied in parallel.
 pub fn copy_of<D: Dimension>(x: &Array<f32, D>) -> Array<f32, D> {
-    let Some(src) = x.as_slice() else {
-        return x.as_standard_layout().into_owned();
-    };
     // Written in full below.
     let mut out: Array<f32, D> = recycle::take_array(x.raw_dim());
-    let dst = out
-        .as_slice_mut()
-        .expect("a fresh array is in standard layout");
-    dst.par_chunks_mut(ELEMENTWISE_JOB)
-        .zip(src.par_chunks(ELEMENTWISE_JOB))
-        .for_each(|(d, s)| d.copy_from_slice(s));
+    Zip::from(&mut out).and(x).par_for_each(|d, &s| *d = s);
     out
 }
 
-/// `y += x` (same shape), in parallel jobs where both are in standard layout.
+/// `y += x` (same shape, any layouts), in parallel.
 ///
 /// # Panics
 /// Panics if the shapes differ.
 pub fn add_into<D: Dimension>(y: &mut Array<f32, D>, x: &Array<f32, D>) {
     assert_eq!(y.shape(), x.shape(), "add_into: shapes differ");
-    match (y.as_slice_mut(), x.as_slice()) {
-        (Some(ys), Some(xs)) => ys
-            .par_chunks_mut(ELEMENTWISE_JOB)
-            .zip(xs.par_chunks(ELEMENTWISE_JOB))
-            .for_each(|(ys, xs)| ys.iter_mut().zip(xs).for_each(|(y, x)| *y += x)),
-        _ => *y += x,
-    }
+    Zip::from(y).and(x).par_for_each(|y, &x| *y += x);
 }
 
 #[cfg(test)]
@@ -72,7 +53,7 @@ mod tests {
 
     #[test]
     fn copy_of_is_an_equal_standard_copy_of_any_layout() {
-        // Several parallel jobs and a partial last one (above the pool's minimum size), one job.
+        // Above the pool's minimum size (taken from the pool), and a small array.
         for shape in [vec![3, 64, 41, 53], vec![2, 5, 7]] {
             let x = filled(&shape, 1);
             let c = copy_of(&x);
