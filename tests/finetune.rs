@@ -326,6 +326,19 @@ fn bad_folders_and_flags_are_clear_errors() {
         &run(&good, &["--augment", "flip,twirl"]),
         &["--augment", "twirl"],
     );
+    // Augmented views to cache need augmentation, a frozen prefix, and the cache.
+    fails_naming(
+        &run(&good, &["--augment", "none", "--cache-views", "2"]),
+        &["--cache-views", "augmentation is off"],
+    );
+    fails_naming(
+        &run(&good, &["--freeze-until", "conv1", "--cache-views", "2"]),
+        &["--cache-views", "conv1", "no stage before it is frozen"],
+    );
+    fails_naming(
+        &run(&good, &["--no-cache", "--cache-views", "2"]),
+        &["--no-cache", "--cache-views"],
+    );
     assert!(
         !dir.join("m.safetensors").exists(),
         "no checkpoint from a failed start"
@@ -411,25 +424,8 @@ fn frozen_feature_cache_trains_as_recomputing_does() {
             "{err}"
         );
         assert_eq!(err.contains("[cached features]"), extra.is_none(), "{err}");
+        assert_time_parts(&err, extra.is_none());
         let (total, parts) = time_line(&err);
-        if extra.is_none() {
-            assert_eq!(
-                labels(&parts),
-                [
-                    "decoding",
-                    "frozen-feature cache",
-                    "2 epochs",
-                    "checkpoints"
-                ],
-                "{err}"
-            );
-        } else {
-            assert_eq!(
-                labels(&parts),
-                ["decoding", "2 epochs", "checkpoints"],
-                "{err}"
-            );
-        }
         assert!(total > 0.0, "{err}");
         // The epochs part is the metrics CSV's seconds (rounded to 0.001 there, 0.1 here).
         let epochs = parts.iter().find(|(l, _)| l == "2 epochs").unwrap().1;
@@ -438,19 +434,7 @@ fn frozen_feature_cache_trains_as_recomputing_does() {
             (epochs - csv_sum).abs() <= 0.06,
             "{epochs} vs CSV {csv_sum}: {err}"
         );
-        let csv = std::fs::read_to_string(dir.join(format!("{name}.metrics.csv"))).unwrap();
-        let rows: Vec<Vec<f32>> = csv
-            .lines()
-            .skip(1)
-            .map(|l| {
-                l.split(',')
-                    .skip(1)
-                    .take(4)
-                    .map(|v| v.parse().unwrap())
-                    .collect()
-            })
-            .collect();
-        metrics.push(rows);
+        metrics.push(csv_metrics(&dir.join(format!("{name}.metrics.csv"))));
     }
     assert_eq!(metrics[0].len(), 2);
     for (a, b) in metrics[0].iter().flatten().zip(metrics[1].iter().flatten()) {
@@ -459,6 +443,97 @@ fn frozen_feature_cache_trains_as_recomputing_does() {
             "cached {a} vs recomputed {b}"
         );
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The parts of a two-epoch run's `time:` line, with or without the frozen-feature cache.
+fn assert_time_parts(err: &str, cached: bool) {
+    let (_, parts) = time_line(err);
+    let want: &[&str] = if cached {
+        &[
+            "decoding",
+            "frozen-feature cache",
+            "2 epochs",
+            "checkpoints",
+        ]
+    } else {
+        &["decoding", "2 epochs", "checkpoints"]
+    };
+    assert_eq!(labels(&parts), want, "{err}");
+}
+
+/// The metrics CSV's train/val loss and accuracy, one row per epoch.
+fn csv_metrics(path: &Path) -> Vec<Vec<f32>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            l.split(',')
+                .skip(1)
+                .take(4)
+                .map(|v| v.parse().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn augmented_views_cache_trains_as_recomputing_does_until_it_cycles() {
+    let dir = tmpdir("finetune-views");
+    let data = dir.join("data");
+    write_pngs(&data, "a", 6, 0);
+    write_pngs(&data, "b", 6, 1);
+    let mut metrics = Vec::new();
+    // Augmentation on (the default set); two epochs. Without --cache-views the frozen stages run
+    // every epoch; with 2 views, epochs 1 and 2 train on views 1 and 2, the augmentations the
+    // uncached run draws for its epochs 1 and 2; with 1 view, epoch 2 trains on epoch 1's again.
+    for (name, views) in [("plain", None), ("two", Some("2")), ("one", Some("1"))] {
+        let ckpt = dir.join(format!("{name}.safetensors"));
+        let mut flags = vec!["--freeze-until", "conv5"];
+        if let Some(k) = views {
+            flags.extend(["--cache-views", k]);
+        }
+        let out = finetune(&data, &ckpt, &flags);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        let epoch_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("epoch ")).collect();
+        assert_eq!(epoch_lines.len(), 2, "{err}");
+        match views {
+            None => {
+                assert!(!err.contains("frozen-feature cache"), "{err}");
+                assert!(!err.contains("[cached features"), "{err}");
+            }
+            Some(k) => {
+                assert!(
+                    err.contains(&format!("run once on {k} augmented view")),
+                    "{err}"
+                );
+                let k: usize = k.parse().unwrap();
+                for (e, line) in epoch_lines.iter().enumerate() {
+                    let view = format!("[cached features, view {}/{k}]", e % k + 1);
+                    assert!(line.contains(&view), "epoch {}: {line}", e + 1);
+                }
+                assert_time_parts(&err, true);
+            }
+        }
+        metrics.push(csv_metrics(&dir.join(format!("{name}.metrics.csv"))));
+    }
+    let close = |a: &f32, b: &f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+    let (plain, two, one) = (&metrics[0], &metrics[1], &metrics[2]);
+    for (a, b) in two.iter().flatten().zip(plain.iter().flatten()) {
+        assert!(close(a, b), "2 views {a} vs recomputed {b}");
+    }
+    for (a, b) in one[0].iter().zip(&plain[0]) {
+        assert!(close(a, b), "1 view, epoch 1: {a} vs recomputed {b}");
+    }
+    // Epoch 2 from epoch 1's view: the same weights meet other inputs than the uncached run's.
+    assert!(
+        !close(&one[1][0], &plain[1][0]),
+        "1 view, epoch 2 train_loss {} equals the recomputed {}",
+        one[1][0],
+        plain[1][0]
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -483,12 +558,7 @@ fn output_into_a_new_nested_directory() {
         ["a".to_string(), "b".to_string()]
     );
     // Augmentation is on: no cache part.
-    let (_, parts) = time_line(&err);
-    assert_eq!(
-        labels(&parts),
-        ["decoding", "2 epochs", "checkpoints"],
-        "{err}"
-    );
+    assert_time_parts(&err, false);
     let csv = std::fs::read_to_string(out_dir.join("m.metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
 

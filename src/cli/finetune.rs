@@ -112,6 +112,16 @@ pub struct Args {
     /// output is computed once per image and cached).
     #[arg(long)]
     no_cache: bool,
+    /// With augmentation on: run the frozen stages on K augmented views of each training image
+    /// once, and cycle through them (epoch e trains on view (e-1) mod K); 0 runs them every
+    /// epoch. Memory: K times the frozen stages' output per image.
+    #[arg(
+        long,
+        value_name = "K",
+        default_value_t = 0,
+        conflicts_with = "no_cache"
+    )]
+    cache_views: usize,
     /// Crop side of the images (resize to N*256/224 first); smaller is faster.
     #[arg(long, value_name = "N", default_value_t = 224)]
     image_size: u32,
@@ -125,7 +135,9 @@ pub struct Args {
 
 struct Cli {
     bar: Option<ProgressBar>,
-    cached: bool,
+    /// The frozen-feature cache, when the epochs train from it: `Some(None)` on the images,
+    /// `Some(Some(K))` on K augmented views.
+    cached: Option<Option<usize>>,
     epochs: usize,
 }
 
@@ -158,7 +170,11 @@ impl Observer for Cli {
             r.val_loss,
             r.val_acc,
             r.seconds,
-            if self.cached { "  [cached features]" } else { "" },
+            match self.cached {
+                None => String::new(),
+                Some(None) => "  [cached features]".to_string(),
+                Some(Some(k)) => format!("  [cached features, view {}/{k}]", (r.epoch - 1) % k + 1),
+            },
             if r.best { "  (best, saved)" } else { "" }
         );
     }
@@ -181,9 +197,12 @@ impl FinetuneObserver for Cli {
         eprintln!("skipped {}: {message}", path.display());
     }
 
-    fn on_cache(&mut self, first: &str, last: &str) {
-        self.cached = true;
-        eprintln!("frozen-feature cache: stages {first}..{last} run once per image (augmentation is off); epochs train from the cache");
+    fn on_cache(&mut self, first: &str, last: &str, views: Option<usize>) {
+        self.cached = Some(views);
+        match views {
+            None => eprintln!("frozen-feature cache: stages {first}..{last} run once per image (augmentation is off); epochs train from the cache"),
+            Some(k) => eprintln!("frozen-feature cache: stages {first}..{last} run once on {k} augmented view{} of each training image (validation images once); epoch e trains on view (e-1) mod {k}", if k == 1 { "" } else { "s" }),
+        }
     }
 
     fn on_start(&mut self, data: &Dataset, train: usize, val: usize, new_head: bool) {
@@ -284,12 +303,13 @@ pub fn run(args: Args) -> Result<()> {
         augment,
         shuffle: !args.no_shuffle,
         cache: !args.no_cache,
+        cache_views: args.cache_views,
         config,
         output: args.output.clone(),
     };
     let mut cli = Cli {
         bar: None,
-        cached: false,
+        cached: None,
         epochs: args.epochs,
     };
     let report = finetune(&mut model, &opts, resume, &mut cli)?;

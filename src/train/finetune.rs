@@ -34,6 +34,11 @@ pub struct FinetuneOptions {
     /// Compute the frozen prefix once per image and train the rest from that cache, when nothing
     /// before the first trainable layer is random (augmentation off, no dropout there).
     pub cache: bool,
+    /// With augmentation on: compute the frozen prefix on this many augmented views of each
+    /// training image once, and train epoch `e` (from 1) from view `(e − 1) mod K`, the view
+    /// an uncached run's epoch `((e − 1) mod K) + 1` would augment to (0: no cache, the prefix
+    /// runs every epoch). Needs `cache` and a deterministic frozen prefix.
+    pub cache_views: usize,
     pub config: TrainConfig,
     pub output: PathBuf,
 }
@@ -44,8 +49,10 @@ pub trait FinetuneObserver: Observer {
     fn on_decode(&mut self, _set: &str, _done: usize, _total: usize) {}
     /// A file that could not be decoded and is skipped.
     fn on_skipped(&mut self, _path: &std::path::Path, _message: &str) {}
-    /// The frozen stages `first..=last` are computed once per image and cached.
-    fn on_cache(&mut self, _first: &str, _last: &str) {}
+    /// The frozen stages `first..=last` are computed once per image and cached: on the images
+    /// themselves (`views` `None`, augmentation off) or on `K` augmented views of each training
+    /// image (`Some(K)`, epoch `e` training on view `(e − 1) mod K`; validation images once).
+    fn on_cache(&mut self, _first: &str, _last: &str, _views: Option<usize>) {}
     /// Training is about to start: the data, the model's trainable share.
     fn on_start(&mut self, _dataset: &Dataset, _train: usize, _val: usize, _new_head: bool) {}
 }
@@ -100,6 +107,19 @@ fn check(opts: &FinetuneOptions) -> Result<()> {
         return Err(Error::config(
             "--dropout",
             format!("{} is not in [0, 1)", opts.dropout),
+        ));
+    }
+    if opts.cache_views > 0 && opts.augment.is_none() {
+        return Err(Error::config(
+            "--cache-views",
+            "caches augmented views, but augmentation is off (without it the frozen stages \
+             are already computed once per image)",
+        ));
+    }
+    if opts.cache_views > 0 && !opts.cache {
+        return Err(Error::config(
+            "--cache-views",
+            "cannot be combined with --no-cache",
         ));
     }
     if opts.config.image_size < 32 {
@@ -194,6 +214,24 @@ pub fn finetune(
     }
     model.freeze_until(&opts.freeze_until)?;
     model.set_input_size(opts.config.image_size);
+    let prefix = model.frozen_prefix();
+    let cacheable = opts.cache && prefix > 0 && model.prefix_is_deterministic(prefix);
+    // Augmented views to cache, when augmentation is on.
+    let views = (!opts.augment.is_none() && opts.cache_views > 0).then_some(opts.cache_views);
+    if views.is_some() && !cacheable {
+        let why = if prefix == 0 {
+            "no stage before it is frozen"
+        } else {
+            "dropout runs among the frozen stages"
+        };
+        return Err(Error::config(
+            "--cache-views",
+            format!(
+                "nothing before the first trainable layer (--freeze-until {}) can be cached: {why}",
+                opts.freeze_until
+            ),
+        ));
+    }
     let pre = Preprocess::with_size(opts.config.image_size);
     let decoding = Instant::now();
     let train_set = Arc::new(decode("train", &dataset.train, pre, observer));
@@ -222,9 +260,7 @@ pub fn finetune(
         opts.config.seed,
         opts.augment,
     );
-    let prefix = model.frozen_prefix();
-    let cache =
-        opts.cache && augment.is_none() && prefix > 0 && model.prefix_is_deterministic(prefix);
+    let cache = cacheable && (augment.is_none() || views.is_some());
     observer.on_start(&dataset, train_set.len(), val_set.len(), !keeps_head);
     let mut cache_seconds = 0.0;
     let feed = if cache {
@@ -232,11 +268,26 @@ pub fn finetune(
         observer.on_cache(
             stages.first().map_or("", String::as_str),
             stages.last().map_or("", String::as_str),
+            views,
         );
         let caching = Instant::now();
-        let train_cache = Arc::new(FeatureCache::compute(
-            model, prefix, &train_set, batch_size, pre,
-        ));
+        let train_cache = Arc::new(match views {
+            None => FeatureCache::compute(model, prefix, &train_set, batch_size, pre),
+            Some(k) => FeatureCache::compute_views(
+                model,
+                prefix,
+                &train_set,
+                k,
+                BatchOptions {
+                    batch_size,
+                    shuffle: false,
+                    seed,
+                    epoch: 1,
+                    augment,
+                    pre,
+                },
+            ),
+        });
         let val_cache = Arc::new(FeatureCache::compute(
             model, prefix, &val_set, batch_size, pre,
         ));
@@ -244,7 +295,8 @@ pub fn finetune(
         let t = train_cache.clone();
         Feed {
             train: Box::new(move |epoch| {
-                Box::new(t.batches(epoch_order(t.len(), shuffle, seed, epoch), batch_size))
+                let order = epoch_order(t.len(), shuffle, seed, epoch);
+                Box::new(t.batches_of_view(order, batch_size, t.view_of(epoch)))
             }),
             val: Box::new(move || {
                 Box::new(val_cache.batches((0..val_cache.len()).collect(), batch_size))
@@ -304,10 +356,27 @@ pub fn finetune(
 }
 
 /// The output of a model's frozen prefix for every image of a set, computed once (eval mode; the
-/// prefix is deterministic), one row per image, in the set's order.
+/// prefix is deterministic), one row per image, in the set's order: on the images themselves, or
+/// on several augmented views of each.
 pub struct FeatureCache {
-    rows: Vec<ndarray::ArrayD<f32>>,
+    /// Per view, one row per image.
+    views: Vec<Vec<ndarray::ArrayD<f32>>>,
     labels: Vec<usize>,
+}
+
+/// Units `0..prefix` of `model` over the image batches `input`: one row per image, in order.
+fn prefix_rows(
+    model: &mut Model,
+    prefix: usize,
+    input: impl Iterator<Item = (ndarray::Array4<f32>, Vec<usize>)>,
+    images: usize,
+) -> Vec<ndarray::ArrayD<f32>> {
+    let mut rows = Vec::with_capacity(images);
+    for (x, _) in input {
+        let out = crate::infer::forward_units(model, x.into_dyn(), prefix);
+        rows.extend(out.outer_iter().map(|r| r.to_owned()));
+    }
+    rows
 }
 
 impl FeatureCache {
@@ -319,41 +388,91 @@ impl FeatureCache {
         batch_size: usize,
         pre: Preprocess,
     ) -> Self {
-        let mut rows = Vec::with_capacity(set.len());
-        for (x, _) in batches(set.clone(), BatchOptions::eval(batch_size, pre)) {
-            let out = crate::infer::forward_units(model, x.into_dyn(), prefix);
-            rows.extend(out.outer_iter().map(|r| r.to_owned()));
-        }
         FeatureCache {
-            rows,
+            views: vec![prefix_rows(
+                model,
+                prefix,
+                batches(set.clone(), BatchOptions::eval(batch_size, pre)),
+                set.len(),
+            )],
             labels: set.labels.clone(),
         }
     }
 
+    /// Runs units `0..prefix` of `model` over `k` augmented views of every image of `set`: view
+    /// `v` is the set as `batches` augments it for epoch `opts.epoch + v` (in dataset order,
+    /// whatever `opts.shuffle`).
+    pub fn compute_views(
+        model: &mut Model,
+        prefix: usize,
+        set: &Arc<Loaded>,
+        k: usize,
+        opts: BatchOptions,
+    ) -> Self {
+        let views = (0..k)
+            .map(|v| {
+                let opts = BatchOptions {
+                    shuffle: false,
+                    epoch: opts.epoch + v,
+                    ..opts
+                };
+                prefix_rows(model, prefix, batches(set.clone(), opts), set.len())
+            })
+            .collect();
+        FeatureCache {
+            views,
+            labels: set.labels.clone(),
+        }
+    }
+
+    /// Views per image.
+    pub fn views(&self) -> usize {
+        self.views.len()
+    }
+
+    /// The view that epoch `epoch` (from 1) trains on: `(epoch − 1) mod views`.
+    pub fn view_of(&self, epoch: usize) -> usize {
+        epoch.saturating_sub(1) % self.views.len().max(1)
+    }
+
     /// Cached images.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.labels.len()
     }
 
     /// True without images.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.labels.is_empty()
     }
 
-    /// Batches of the rows in `order`.
+    /// Batches of the rows in `order` (of the first view).
     pub fn batches(
         self: &Arc<Self>,
         order: Vec<usize>,
         batch_size: usize,
     ) -> impl Iterator<Item = Batch> + 'static {
+        self.batches_of_view(order, batch_size, 0)
+    }
+
+    /// Batches of view `view`'s rows in `order`.
+    ///
+    /// # Panics
+    /// Panics if there is no such view.
+    pub fn batches_of_view(
+        self: &Arc<Self>,
+        order: Vec<usize>,
+        batch_size: usize,
+        view: usize,
+    ) -> impl Iterator<Item = Batch> + 'static {
+        assert!(view < self.views.len(), "feature cache: no view {view}");
         let me = self.clone();
         let chunks: Vec<Vec<usize>> = order
             .chunks(batch_size.max(1))
             .map(|c| c.to_vec())
             .collect();
         chunks.into_iter().map(move |idx| {
-            let views: Vec<_> = idx.iter().map(|&i| me.rows[i].view()).collect();
-            let x = ndarray::stack(ndarray::Axis(0), &views).expect("rows of one shape");
+            let rows: Vec<_> = idx.iter().map(|&i| me.views[view][i].view()).collect();
+            let x = ndarray::stack(ndarray::Axis(0), &rows).expect("rows of one shape");
             (x, idx.iter().map(|&i| me.labels[i]).collect())
         })
     }
