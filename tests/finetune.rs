@@ -411,20 +411,29 @@ fn frozen_feature_cache_trains_as_recomputing_does() {
     write_pngs(&data, "a", 6, 0);
     write_pngs(&data, "b", 6, 1);
     let mut metrics = Vec::new();
-    for (name, extra) in [("cached", None), ("plain", Some("--no-cache"))] {
+    // In memory, memory-mapped from a file (no memory allowed), and recomputed every epoch.
+    let runs: [(&str, &[&str]); 3] = [
+        ("cached", &[]),
+        ("mapped", &["--cache-memory", "0"]),
+        ("plain", &["--no-cache"]),
+    ];
+    for (name, extra) in runs {
         let ckpt = dir.join(format!("{name}.safetensors"));
         let mut flags = vec!["--freeze-until", "conv5", "--augment", "none"];
         flags.extend(extra);
         let out = finetune(&data, &ckpt, &flags);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{err}");
+        let cached = name != "plain";
+        assert_eq!(err.contains("frozen-feature cache"), cached, "{err}");
+        assert_eq!(err.contains("[cached features]"), cached, "{err}");
         assert_eq!(
-            err.contains("frozen-feature cache"),
-            extra.is_none(),
+            err.contains("memory-mapped from a file beside the checkpoint"),
+            name == "mapped",
             "{err}"
         );
-        assert_eq!(err.contains("[cached features]"), extra.is_none(), "{err}");
-        assert_time_parts(&err, extra.is_none());
+        assert_eq!(err.contains("MB, in memory)"), name == "cached", "{err}");
+        assert_time_parts(&err, cached);
         let (total, parts) = time_line(&err);
         assert!(total > 0.0, "{err}");
         // The epochs part is the metrics CSV's seconds (rounded to 0.001 there, 0.1 here).
@@ -437,12 +446,21 @@ fn frozen_feature_cache_trains_as_recomputing_does() {
         metrics.push(csv_metrics(&dir.join(format!("{name}.metrics.csv"))));
     }
     assert_eq!(metrics[0].len(), 2);
-    for (a, b) in metrics[0].iter().flatten().zip(metrics[1].iter().flatten()) {
+    // The same rows from memory or from the file.
+    assert_eq!(metrics[0], metrics[1]);
+    for (a, b) in metrics[0].iter().flatten().zip(metrics[2].iter().flatten()) {
         assert!(
             (a - b).abs() <= 1e-4 * b.abs().max(1.0),
             "cached {a} vs recomputed {b}"
         );
     }
+    // The file is gone once the run ends (on Unix as soon as it is mapped).
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.contains("-cache.tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -10,8 +10,8 @@ use tl::data::image_folder::Dataset;
 use tl::models::{Init, Model};
 use tl::train::trainer::{EpochRecord, Resume};
 use tl::train::{
-    finetune, FinetuneObserver, FinetuneOptions, Observer, OptimizerKind, Running, Timings,
-    TrainConfig,
+    finetune, CacheInfo, FinetuneObserver, FinetuneOptions, Observer, OptimizerKind, Running,
+    Timings, TrainConfig,
 };
 use tl::weights::WeightFile;
 
@@ -122,6 +122,10 @@ pub struct Args {
         conflicts_with = "no_cache"
     )]
     cache_views: usize,
+    /// The most memory (MiB) the frozen-feature cache may take; a larger cache is written beside
+    /// -o and memory-mapped [default: half the memory available when it is computed].
+    #[arg(long, value_name = "MIB", conflicts_with = "no_cache")]
+    cache_memory: Option<u64>,
     /// Crop side of the images (resize to N*256/224 first); smaller is faster.
     #[arg(long, value_name = "N", default_value_t = 224)]
     image_size: u32,
@@ -197,12 +201,27 @@ impl FinetuneObserver for Cli {
         eprintln!("skipped {}: {message}", path.display());
     }
 
-    fn on_cache(&mut self, first: &str, last: &str, views: Option<usize>) {
-        self.cached = Some(views);
-        match views {
-            None => eprintln!("frozen-feature cache: stages {first}..{last} run once per image (augmentation is off); epochs train from the cache"),
-            Some(k) => eprintln!("frozen-feature cache: stages {first}..{last} run once on {k} augmented view{} of each training image (validation images once); epoch e trains on view (e-1) mod {k}", if k == 1 { "" } else { "s" }),
-        }
+    fn on_cache(&mut self, c: &CacheInfo<'_>) {
+        self.cached = Some(c.views);
+        let (first, last) = (c.first, c.last);
+        let what = match c.views {
+            None => format!(
+                "stages {first}..{last} run once per image (augmentation is off); epochs train from the cache"
+            ),
+            Some(k) => format!(
+                "stages {first}..{last} run once on {k} augmented view{} of each training image (validation images once); epoch e trains on view (e-1) mod {k} from the cache",
+                if k == 1 { "" } else { "s" }
+            ),
+        };
+        let place = if c.on_disk {
+            "memory-mapped from a file beside the checkpoint"
+        } else {
+            "in memory"
+        };
+        eprintln!(
+            "frozen-feature cache: {what} ({:.1} MB, {place})",
+            c.bytes as f64 / 1e6
+        );
     }
 
     fn on_start(&mut self, data: &Dataset, train: usize, val: usize, new_head: bool) {
@@ -304,6 +323,7 @@ pub fn run(args: Args) -> Result<()> {
         shuffle: !args.no_shuffle,
         cache: !args.no_cache,
         cache_views: args.cache_views,
+        cache_memory: args.cache_memory.map(|m| m << 20),
         config,
         output: args.output.clone(),
     };

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use rand::SeedableRng;
 
-use super::trainer::{fit, Batch, Feed, FitSummary, Observer, Resume, RunFiles, TrainConfig};
+use super::feature_cache::{available_memory, row_len, spill_path, FeatureCache, Storage};
+use super::trainer::{fit, Feed, FitSummary, Observer, Resume, RunFiles, TrainConfig};
 use crate::data::augment::Augment;
 use crate::data::image_folder::{scan, Dataset};
 use crate::data::loader::{batches, epoch_order, load_set, BatchOptions, Loaded};
@@ -39,6 +40,10 @@ pub struct FinetuneOptions {
     /// an uncached run's epoch `((e − 1) mod K) + 1` would augment to (0: no cache, the prefix
     /// runs every epoch). Needs `cache` and a deterministic frozen prefix.
     pub cache_views: usize,
+    /// The most memory the frozen-feature cache may take, in bytes; a larger cache is written
+    /// beside `output` and memory-mapped. `None`: half the memory available when the cache is
+    /// computed (where the system says; otherwise it stays in memory).
+    pub cache_memory: Option<u64>,
     pub config: TrainConfig,
     pub output: PathBuf,
 }
@@ -49,12 +54,26 @@ pub trait FinetuneObserver: Observer {
     fn on_decode(&mut self, _set: &str, _done: usize, _total: usize) {}
     /// A file that could not be decoded and is skipped.
     fn on_skipped(&mut self, _path: &std::path::Path, _message: &str) {}
-    /// The frozen stages `first..=last` are computed once per image and cached: on the images
-    /// themselves (`views` `None`, augmentation off) or on `K` augmented views of each training
-    /// image (`Some(K)`, epoch `e` training on view `(e − 1) mod K`; validation images once).
-    fn on_cache(&mut self, _first: &str, _last: &str, _views: Option<usize>) {}
+    /// The frozen stages are about to be computed once and cached (see [`CacheInfo`]).
+    fn on_cache(&mut self, _cache: &CacheInfo<'_>) {}
     /// Training is about to start: the data, the model's trainable share.
     fn on_start(&mut self, _dataset: &Dataset, _train: usize, _val: usize, _new_head: bool) {}
+}
+
+/// What the frozen-feature cache holds and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheInfo<'a> {
+    /// The first and last frozen stage it computes.
+    pub first: &'a str,
+    pub last: &'a str,
+    /// `None`: the images themselves (augmentation off); `Some(K)`: K augmented views of each
+    /// training image (epoch `e` trains on view `(e − 1) mod K`; validation images once).
+    pub views: Option<usize>,
+    /// Its size.
+    pub bytes: u64,
+    /// Whether it is written to a file beside the checkpoint and memory-mapped (larger than the
+    /// memory it may take) rather than kept in memory.
+    pub on_disk: bool,
 }
 
 /// The outcome of a fine-tuning run.
@@ -265,14 +284,37 @@ pub fn finetune(
     let mut cache_seconds = 0.0;
     let feed = if cache {
         let stages = model.unit_stages()[..prefix].to_vec();
-        observer.on_cache(
-            stages.first().map_or("", String::as_str),
-            stages.last().map_or("", String::as_str),
+        let rows = views.unwrap_or(1) * train_set.len() + val_set.len();
+        let bytes = (rows * row_len(model, prefix, pre.crop as usize) * 4) as u64;
+        let budget = opts
+            .cache_memory
+            .or_else(|| available_memory().map(|m| m / 2))
+            .unwrap_or(u64::MAX);
+        let on_disk = bytes > budget;
+        observer.on_cache(&CacheInfo {
+            first: stages.first().map_or("", String::as_str),
+            last: stages.last().map_or("", String::as_str),
             views,
-        );
+            bytes,
+            on_disk,
+        });
+        let storage = |what: &str| {
+            if on_disk {
+                Storage::File(spill_path(&opts.output, what))
+            } else {
+                Storage::Memory
+            }
+        };
         let caching = Instant::now();
         let train_cache = Arc::new(match views {
-            None => FeatureCache::compute(model, prefix, &train_set, batch_size, pre),
+            None => FeatureCache::compute(
+                model,
+                prefix,
+                &train_set,
+                batch_size,
+                pre,
+                &storage("train"),
+            )?,
             Some(k) => FeatureCache::compute_views(
                 model,
                 prefix,
@@ -286,11 +328,17 @@ pub fn finetune(
                     augment,
                     pre,
                 },
-            ),
+                &storage("train"),
+            )?,
         });
         let val_cache = Arc::new(FeatureCache::compute(
-            model, prefix, &val_set, batch_size, pre,
-        ));
+            model,
+            prefix,
+            &val_set,
+            batch_size,
+            pre,
+            &storage("val"),
+        )?);
         cache_seconds = caching.elapsed().as_secs_f32();
         let t = train_cache.clone();
         Feed {
@@ -353,127 +401,4 @@ pub fn finetune(
         files,
         timings,
     })
-}
-
-/// The output of a model's frozen prefix for every image of a set, computed once (eval mode; the
-/// prefix is deterministic), one row per image, in the set's order: on the images themselves, or
-/// on several augmented views of each.
-pub struct FeatureCache {
-    /// Per view, one row per image.
-    views: Vec<Vec<ndarray::ArrayD<f32>>>,
-    labels: Vec<usize>,
-}
-
-/// Units `0..prefix` of `model` over the image batches `input`: one row per image, in order.
-fn prefix_rows(
-    model: &mut Model,
-    prefix: usize,
-    input: impl Iterator<Item = (ndarray::Array4<f32>, Vec<usize>)>,
-    images: usize,
-) -> Vec<ndarray::ArrayD<f32>> {
-    let mut rows = Vec::with_capacity(images);
-    for (x, _) in input {
-        let out = crate::infer::forward_units(model, x.into_dyn(), prefix);
-        rows.extend(out.outer_iter().map(|r| r.to_owned()));
-    }
-    rows
-}
-
-impl FeatureCache {
-    /// Runs units `0..prefix` of `model` over `set`.
-    pub fn compute(
-        model: &mut Model,
-        prefix: usize,
-        set: &Arc<Loaded>,
-        batch_size: usize,
-        pre: Preprocess,
-    ) -> Self {
-        FeatureCache {
-            views: vec![prefix_rows(
-                model,
-                prefix,
-                batches(set.clone(), BatchOptions::eval(batch_size, pre)),
-                set.len(),
-            )],
-            labels: set.labels.clone(),
-        }
-    }
-
-    /// Runs units `0..prefix` of `model` over `k` augmented views of every image of `set`: view
-    /// `v` is the set as `batches` augments it for epoch `opts.epoch + v` (in dataset order,
-    /// whatever `opts.shuffle`).
-    pub fn compute_views(
-        model: &mut Model,
-        prefix: usize,
-        set: &Arc<Loaded>,
-        k: usize,
-        opts: BatchOptions,
-    ) -> Self {
-        let views = (0..k)
-            .map(|v| {
-                let opts = BatchOptions {
-                    shuffle: false,
-                    epoch: opts.epoch + v,
-                    ..opts
-                };
-                prefix_rows(model, prefix, batches(set.clone(), opts), set.len())
-            })
-            .collect();
-        FeatureCache {
-            views,
-            labels: set.labels.clone(),
-        }
-    }
-
-    /// Views per image.
-    pub fn views(&self) -> usize {
-        self.views.len()
-    }
-
-    /// The view that epoch `epoch` (from 1) trains on: `(epoch − 1) mod views`.
-    pub fn view_of(&self, epoch: usize) -> usize {
-        epoch.saturating_sub(1) % self.views.len().max(1)
-    }
-
-    /// Cached images.
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    /// True without images.
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-
-    /// Batches of the rows in `order` (of the first view).
-    pub fn batches(
-        self: &Arc<Self>,
-        order: Vec<usize>,
-        batch_size: usize,
-    ) -> impl Iterator<Item = Batch> + 'static {
-        self.batches_of_view(order, batch_size, 0)
-    }
-
-    /// Batches of view `view`'s rows in `order`.
-    ///
-    /// # Panics
-    /// Panics if there is no such view.
-    pub fn batches_of_view(
-        self: &Arc<Self>,
-        order: Vec<usize>,
-        batch_size: usize,
-        view: usize,
-    ) -> impl Iterator<Item = Batch> + 'static {
-        assert!(view < self.views.len(), "feature cache: no view {view}");
-        let me = self.clone();
-        let chunks: Vec<Vec<usize>> = order
-            .chunks(batch_size.max(1))
-            .map(|c| c.to_vec())
-            .collect();
-        chunks.into_iter().map(move |idx| {
-            let rows: Vec<_> = idx.iter().map(|&i| me.views[view][i].view()).collect();
-            let x = ndarray::stack(ndarray::Axis(0), &rows).expect("rows of one shape");
-            (x, idx.iter().map(|&i| me.labels[i]).collect())
-        })
-    }
 }

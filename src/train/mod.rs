@@ -1,6 +1,7 @@
 //! Training: optimizers, regularisation, early stopping, metrics, the fine-tuning loop.
 
 pub mod early_stopping;
+pub mod feature_cache;
 pub mod finetune;
 pub mod metrics;
 pub mod optimizer;
@@ -9,7 +10,10 @@ pub mod trainer;
 mod writer;
 
 pub use early_stopping::EarlyStopping;
-pub use finetune::{finetune, FinetuneObserver, FinetuneOptions, FinetuneReport, Timings};
+pub use feature_cache::FeatureCache;
+pub use finetune::{
+    finetune, CacheInfo, FinetuneObserver, FinetuneOptions, FinetuneReport, Timings,
+};
 pub use metrics::{Confusion, Running};
 pub use optimizer::{zero_grad, Adam, Optimizer, Sgd};
 pub use regularization::Penalty;
