@@ -210,11 +210,6 @@ impl FeatureCache {
         })
     }
 
-    /// Views per image.
-    pub fn views(&self) -> usize {
-        self.views
-    }
-
     /// The view that epoch `epoch` (from 1) trains on: `(epoch − 1) mod views`.
     pub fn view_of(&self, epoch: usize) -> usize {
         epoch.saturating_sub(1) % self.views.max(1)
@@ -228,11 +223,6 @@ impl FeatureCache {
     /// True without images.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
-    }
-
-    /// Whether the rows are memory-mapped from a file.
-    pub fn is_mapped(&self) -> bool {
-        matches!(self.data, Data::Mapped { .. })
     }
 
     /// Image `i`'s row of view `view`.
