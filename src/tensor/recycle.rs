@@ -66,7 +66,8 @@ impl Pool {
     /// at, and a pass that takes several sizes should not clear memory on every call), then the
     /// smallest.
     pub fn take(&self, len: usize) -> Vec<f32> {
-        if len * std::mem::size_of::<f32>() >= MIN_BYTES {
+        let pooled = len * std::mem::size_of::<f32>() >= MIN_BYTES;
+        if pooled {
             if let Ok(mut pool) = self.kept.lock() {
                 let best = (pool.iter().enumerate())
                     .filter(|(_, v)| v.capacity() >= len && v.capacity() <= 2 * len)
@@ -80,7 +81,7 @@ impl Pool {
                 }
             }
         }
-        if len * std::mem::size_of::<f32>() >= MIN_BYTES {
+        if pooled {
             self.misses.fetch_add(1, Ordering::Relaxed);
         }
         vec![0.0; len]

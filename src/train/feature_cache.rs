@@ -12,6 +12,7 @@ use super::trainer::Batch;
 use crate::data::loader::{batches, BatchOptions, Loaded};
 use crate::error::{Error, Result};
 use crate::models::Model;
+use crate::tensor::recycle;
 
 /// Where a cache keeps its rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -259,11 +260,12 @@ impl FeatureCache {
         chunks.into_iter().map(move |idx| {
             let mut shape = vec![idx.len()];
             shape.extend(&me.row_shape);
-            let mut values = Vec::with_capacity(idx.len() * me.row_len);
-            for &i in &idx {
-                values.extend_from_slice(me.row(view, i));
+            // Every row is written below; as image batches are, in memory the layers gave back.
+            let mut x: ndarray::ArrayD<f32> = recycle::take_array(ndarray::IxDyn(&shape));
+            let values = x.as_slice_mut().expect("standard layout");
+            for (dst, &i) in values.chunks_exact_mut(me.row_len.max(1)).zip(&idx) {
+                dst.copy_from_slice(me.row(view, i));
             }
-            let x = ndarray::ArrayD::from_shape_vec(shape, values).expect("rows of one shape");
             (x, idx.iter().map(|&i| me.labels[i]).collect())
         })
     }
