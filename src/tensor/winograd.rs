@@ -48,7 +48,10 @@
 //! tiles per image), the batch's tiles are ordered tile by tile with the images innermost, and the
 //! transforms run per channel with the images as the lanes: each channel's maps are interleaved
 //! image by image, so every value of a tile's window is one contiguous run over the images, and
-//! nothing is gathered value by value.
+//! nothing is gathered value by value. In this order the last tile row and column of a side that
+//! is not a multiple of four compute only the outputs inside it, by F(m×m, 3×3) on `m + 2` of the
+//! six points with the same `U` ([`Span`]), and each position's products take only the tiles
+//! that use it ([`Slots`]): at 7×7, 121 tile-position pairs where whole tiles need 144.
 //!
 //! Backward ([`conv3x3_backward`]) runs the transposes of these steps: the output gradient's tiles
 //! `M̄ = A·Ȳ·Aᵀ`, then `∂x` from `V̄[ξ] = U[ξ]ᵀ·M̄[ξ]` with the forward pass's `U` (`B·V̄·Bᵀ` per
@@ -57,7 +60,7 @@
 use std::ops::Range;
 
 use ndarray::{
-    Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut2, ArrayViewMut3,
+    s, Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut2, ArrayViewMut3,
     ArrayViewMut4, Axis,
 };
 use rayon::prelude::*;
@@ -119,6 +122,321 @@ fn at6(m: [f32; 6]) -> [f32; 4] {
         p + 0.25 * m[3] + 4.0 * m[4],
         q + 0.125 * m[3] - 8.0 * m[4] + m[5],
     ]
+}
+
+/// How many of a tile's four outputs along one axis lie inside the output. In [`by_images`]
+/// order the last tile row and column of a side that is not a multiple of four compute only what
+/// is inside: `F(m, 3)` for the `m` left, on `m + 2` of the six points, the rest dropped (see
+/// [`Slots`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cover {
+    Four,
+    Three,
+    Two,
+    One,
+}
+
+impl Cover {
+    /// The cover of the last tile along an output side of `side` values.
+    fn last(side: usize) -> Cover {
+        match side % M_TILE {
+            0 => Cover::Four,
+            3 => Cover::Three,
+            2 => Cover::Two,
+            _ => Cover::One,
+        }
+    }
+
+    /// The outputs it covers.
+    fn outputs(self) -> usize {
+        match self {
+            Cover::Four => 4,
+            Cover::Three => 3,
+            Cover::Two => 2,
+            Cover::One => 1,
+        }
+    }
+
+    /// Whether a tile of this cover uses point (transformed position) `i` of the six.
+    fn keeps(self, i: usize) -> bool {
+        match self {
+            Cover::Four => true,
+            Cover::Three => <Three as Span>::KEEPS[i],
+            Cover::Two => <Two as Span>::KEEPS[i],
+            Cover::One => <One as Span>::KEEPS[i],
+        }
+    }
+}
+
+/// The 1-D transforms of a tile that covers `m` outputs along an axis, `F(m, 3)` on `m + 2` of
+/// the six points `0, 1, −1, 1/2, −2, ∞` (the first `m + 1` finite ones, then `∞`), in the
+/// six-point frame: the same `G` (so one `U` serves every tile), and for `m` < 4 `Bᵀ` and `Aᵀ`
+/// derived for that `G` (`scripts/winograd_covers.py` derives and checks them):
+///
+/// ```text
+/// m = 3, points 0, 1, −1, 1/2, ∞      m = 2, points 0, 1, −1, ∞     m = 1, points 0, 1, ∞
+///      ⎡ 1  −2   −1    2   0 ⎤             ⎡ 1   0   −1   0 ⎤             ⎡ 1 −1  0 ⎤
+///      ⎢ 0 −3/2  3/2   3   0 ⎥        Bᵀ = ⎢ 0  3/2  3/2  0 ⎥        Bᵀ = ⎢ 0  3  0 ⎥
+/// Bᵀ = ⎢ 0  1/2 −3/2   1   0 ⎥             ⎢ 0  3/2 −3/2  0 ⎥             ⎣ 0 −1  1 ⎦
+///      ⎢ 0 −5/2   0   5/2  0 ⎥             ⎣ 0  −1   0    1 ⎦
+///      ⎣ 0  1/2  −1  −1/2  1 ⎦        Aᵀ = ⎡ 1  1   1  0 ⎤              Aᵀ = [ 1  1  1 ]
+///      ⎡ 1  1   1   1    0 ⎤               ⎣ 0  1  −1  1 ⎦
+/// Aᵀ = ⎢ 0  1  −1  1/2   0 ⎥
+///      ⎣ 0  1   1  1/4   1 ⎦
+/// ```
+///
+/// Each function takes and gives the six points' values (or a tile's six input, four output
+/// values): it never reads a point the cover does not use (those values may be anything) and
+/// writes zero there and past its `m + 2` inputs or `m` outputs.
+trait Span {
+    /// The points used.
+    const KEEPS: [bool; ALPHA];
+    /// `Bᵀ·d`.
+    fn bt(d: [f32; ALPHA]) -> [f32; ALPHA];
+    /// `Aᵀ·m`.
+    fn at(m: [f32; ALPHA]) -> [f32; M_TILE];
+    /// `A·y`, the adjoint of [`Span::at`].
+    fn a(y: [f32; M_TILE]) -> [f32; ALPHA];
+    /// `B·v`, the adjoint of [`Span::bt`].
+    fn b(v: [f32; ALPHA]) -> [f32; ALPHA];
+}
+
+/// All four outputs: `F(4, 3)` on the six points.
+struct Four;
+/// Three outputs.
+struct Three;
+/// Two outputs.
+struct Two;
+/// One output.
+struct One;
+
+impl Span for Four {
+    const KEEPS: [bool; ALPHA] = [true; ALPHA];
+    #[inline(always)]
+    fn bt(d: [f32; ALPHA]) -> [f32; ALPHA] {
+        bt6(d)
+    }
+    #[inline(always)]
+    fn at(m: [f32; ALPHA]) -> [f32; M_TILE] {
+        at6(m)
+    }
+    #[inline(always)]
+    fn a(y: [f32; M_TILE]) -> [f32; ALPHA] {
+        a4(y)
+    }
+    #[inline(always)]
+    fn b(v: [f32; ALPHA]) -> [f32; ALPHA] {
+        b6(v)
+    }
+}
+
+impl Span for Three {
+    const KEEPS: [bool; ALPHA] = [true, true, true, true, false, true];
+    #[inline(always)]
+    fn bt(d: [f32; ALPHA]) -> [f32; ALPHA] {
+        let e = d[3] - d[1];
+        [
+            (d[0] - d[2]) + 2.0 * e,
+            1.5 * (d[2] - d[1]) + 3.0 * d[3],
+            (d[3] - d[2]) + 0.5 * (d[1] - d[2]),
+            2.5 * e,
+            0.0,
+            (d[4] - d[2]) - 0.5 * e,
+        ]
+    }
+    #[inline(always)]
+    fn at(m: [f32; ALPHA]) -> [f32; M_TILE] {
+        let p = m[1] + m[2];
+        [
+            m[0] + p + m[3],
+            (m[1] - m[2]) + 0.5 * m[3],
+            p + 0.25 * m[3] + m[5],
+            0.0,
+        ]
+    }
+    #[inline(always)]
+    fn a(y: [f32; M_TILE]) -> [f32; ALPHA] {
+        let e = y[0] + y[2];
+        [
+            y[0],
+            e + y[1],
+            e - y[1],
+            y[0] + 0.5 * y[1] + 0.25 * y[2],
+            0.0,
+            y[2],
+        ]
+    }
+    #[inline(always)]
+    fn b(v: [f32; ALPHA]) -> [f32; ALPHA] {
+        [
+            v[0],
+            0.5 * (v[2] + v[5]) - 2.0 * v[0] - 1.5 * v[1] - 2.5 * v[3],
+            1.5 * (v[1] - v[2]) - v[0] - v[5],
+            2.0 * v[0] + 3.0 * v[1] + v[2] + 2.5 * v[3] - 0.5 * v[5],
+            v[5],
+            0.0,
+        ]
+    }
+}
+
+impl Span for Two {
+    const KEEPS: [bool; ALPHA] = [true, true, true, false, false, true];
+    #[inline(always)]
+    fn bt(d: [f32; ALPHA]) -> [f32; ALPHA] {
+        [
+            d[0] - d[2],
+            1.5 * (d[1] + d[2]),
+            1.5 * (d[1] - d[2]),
+            0.0,
+            0.0,
+            d[3] - d[1],
+        ]
+    }
+    #[inline(always)]
+    fn at(m: [f32; ALPHA]) -> [f32; M_TILE] {
+        [m[0] + m[1] + m[2], (m[1] - m[2]) + m[5], 0.0, 0.0]
+    }
+    #[inline(always)]
+    fn a(y: [f32; M_TILE]) -> [f32; ALPHA] {
+        [y[0], y[0] + y[1], y[0] - y[1], 0.0, 0.0, y[1]]
+    }
+    #[inline(always)]
+    fn b(v: [f32; ALPHA]) -> [f32; ALPHA] {
+        [
+            v[0],
+            1.5 * (v[1] + v[2]) - v[5],
+            1.5 * (v[1] - v[2]) - v[0],
+            v[5],
+            0.0,
+            0.0,
+        ]
+    }
+}
+
+impl Span for One {
+    const KEEPS: [bool; ALPHA] = [true, true, false, false, false, true];
+    #[inline(always)]
+    fn bt(d: [f32; ALPHA]) -> [f32; ALPHA] {
+        [d[0] - d[1], 3.0 * d[1], 0.0, 0.0, 0.0, d[2] - d[1]]
+    }
+    #[inline(always)]
+    fn at(m: [f32; ALPHA]) -> [f32; M_TILE] {
+        [m[0] + m[1] + m[5], 0.0, 0.0, 0.0]
+    }
+    #[inline(always)]
+    fn a(y: [f32; M_TILE]) -> [f32; ALPHA] {
+        [y[0], y[0], 0.0, 0.0, 0.0, y[0]]
+    }
+    #[inline(always)]
+    fn b(v: [f32; ALPHA]) -> [f32; ALPHA] {
+        [v[0], 3.0 * v[1] - v[0] - v[5], v[5], 0.0, 0.0, 0.0]
+    }
+}
+
+/// `$body` with `$s` the [`Span`] type of the cover `$cover`.
+macro_rules! with_span {
+    ($cover:expr, $s:ident => $body:expr) => {
+        match $cover {
+            Cover::Four => {
+                type $s = Four;
+                $body
+            }
+            Cover::Three => {
+                type $s = Three;
+                $body
+            }
+            Cover::Two => {
+                type $s = Two;
+                $body
+            }
+            Cover::One => {
+                type $s = One;
+                $body
+            }
+        }
+    };
+}
+
+/// Where a batch's tiles sit in [`by_images`] order, and which of them each position's products
+/// take. A side that is not a multiple of four ends in a tile row (column) of a smaller
+/// [`Cover`], whose tiles skip the points it does not use; the tiles are ordered in four groups
+/// — full rows in the last column, then full rows and columns, then the last row in full
+/// columns, then the corner — each tile's `N` images side by side, so that the tiles using any
+/// one position are one run of columns: every tile at a point both last covers keep, the full
+/// rows at a row point the last row skips (groups 1–2), the full columns at a column point the
+/// last column skips (groups 2–3), the full tiles at both (group 2). At ResNet-18's layer4 (7×7,
+/// 2×2 tiles of which the last row and column cover three), the 36 products then have 64, 32 or
+/// 16 columns instead of 64 each: 121 of 144 tile-position pairs.
+#[derive(Clone, Copy, Debug)]
+struct Slots {
+    n: usize,
+    tiles: (usize, usize),
+    /// Tile rows and columns that cover four outputs.
+    full: (usize, usize),
+    /// The cover of the last tile row and column.
+    last: (Cover, Cover),
+}
+
+impl Slots {
+    /// The slots of `n` images whose output is `oh`×`ow`.
+    fn new(n: usize, (oh, ow): (usize, usize)) -> Slots {
+        Slots {
+            n,
+            tiles: (oh.div_ceil(M_TILE), ow.div_ceil(M_TILE)),
+            full: (oh / M_TILE, ow / M_TILE),
+            last: (Cover::last(oh), Cover::last(ow)),
+        }
+    }
+
+    /// The covers of tile `(ty, tx)` along its rows and columns.
+    fn covers(&self, ty: usize, tx: usize) -> (Cover, Cover) {
+        let row = if ty < self.full.0 {
+            Cover::Four
+        } else {
+            self.last.0
+        };
+        let col = if tx < self.full.1 {
+            Cover::Four
+        } else {
+            self.last.1
+        };
+        (row, col)
+    }
+
+    /// The four groups' sizes in tiles: full rows in the last column, full rows and columns,
+    /// the last row in full columns, the corner.
+    fn groups(&self) -> [usize; 4] {
+        let (fy, fx) = self.full;
+        let (ry, rx) = (self.tiles.0 - fy, self.tiles.1 - fx);
+        [fy * rx, fy * fx, ry * fx, ry * rx]
+    }
+
+    /// The first column of tile `(ty, tx)`'s `N` images.
+    fn column(&self, ty: usize, tx: usize) -> usize {
+        let [g0, g1, g2, _] = self.groups();
+        let (fy, fx) = self.full;
+        let slot = match (ty < fy, tx < fx) {
+            (true, false) => ty,
+            (true, true) => g0 + ty * fx + tx,
+            (false, true) => g0 + g1 + tx,
+            (false, false) => g0 + g1 + g2,
+        };
+        slot * self.n
+    }
+
+    /// The columns whose tiles use position `ξ` (every column when the sides are multiples of
+    /// four).
+    fn columns(&self, xi: usize) -> Range<usize> {
+        let [g0, g1, g2, g3] = self.groups();
+        let (a, b) = (xi / ALPHA, xi % ALPHA);
+        let tiles = match (self.last.0.keeps(a), self.last.1.keeps(b)) {
+            (true, true) => 0..g0 + g1 + g2 + g3,
+            (false, true) => 0..g0 + g1,
+            (true, false) => g0..g0 + g1 + g2,
+            (false, false) => g0..g0 + g1,
+        };
+        tiles.start * self.n..tiles.end * self.n
+    }
 }
 
 /// `dst = src` with stores that bypass the cache where the target has them (x86-64's
@@ -350,8 +668,13 @@ impl Plan {
     /// `V` `[36, C_in, T]` of `n` images `x` (standard layout) in [`by_images`] order.
     fn input_tiles_by_images(&self, x: &[f32], n: usize, v: TilesMut<'_>) {
         let size = (n, self.height, self.width);
-        let tiles = (self.tiles_y(), self.tiles_x);
-        tiles_by_images::<ALPHA>(x, size, self.padding, tiles, v, bt6);
+        tiles_by_images::<ALPHA, InputPoints>(x, size, self.padding, &self.slots(n), v);
+    }
+
+    /// Where `n` images' tiles sit in [`by_images`] order.
+    fn slots(&self, n: usize) -> Slots {
+        let out_height = self.height + 2 * self.padding - 2;
+        Slots::new(n, (out_height, self.out_width))
     }
 }
 
@@ -644,26 +967,49 @@ fn output_transform(
     }
 }
 
-/// The 36 products `out[ξ] = a[ξ]·b[ξ]` (`a` given per position), each on one thread; in
-/// parallel over the positions when `parallel` (for tiles of the whole batch), in turn otherwise
-/// (for one block's, on the block's thread).
-fn products<'a>(
-    a: impl Fn(usize) -> ArrayView2<'a, f32> + Sync,
-    b: Tiles<'_>,
+/// `f(ξ, out[ξ])` for the 36 positions, each on one thread; in parallel over the positions when
+/// `parallel` (for tiles of the whole batch), in turn otherwise (for one block's, on the block's
+/// thread).
+fn per_position(
     mut out: TilesMut<'_>,
     parallel: bool,
+    f: impl Fn(usize, ArrayViewMut2<'_, f32>) + Sync,
 ) {
-    let one = |(xi, out): (usize, ArrayViewMut2<'_, f32>)| {
-        matmul(a(xi), b.index_axis(Axis(0), xi), out, false, Threads::One)
-    };
     if parallel {
         out.axis_iter_mut(Axis(0))
             .into_par_iter()
             .enumerate()
-            .for_each(one);
+            .for_each(|(xi, out)| f(xi, out));
     } else {
-        out.axis_iter_mut(Axis(0)).enumerate().for_each(one);
+        for (xi, out) in out.axis_iter_mut(Axis(0)).enumerate() {
+            f(xi, out);
+        }
     }
+}
+
+/// The 36 products `out[ξ] = a[ξ]·b[ξ]` (`a` given per position), as [`per_position`]; with
+/// `slots`, each over the columns whose tiles use `ξ` ([`Slots::columns`]; `out`'s other
+/// columns are left as they were).
+fn products<'a>(
+    a: impl Fn(usize) -> ArrayView2<'a, f32> + Sync,
+    b: Tiles<'_>,
+    out: TilesMut<'_>,
+    slots: Option<&Slots>,
+    parallel: bool,
+) {
+    per_position(out, parallel, |xi, mut out| {
+        let b = b.index_axis(Axis(0), xi);
+        match slots.map(|s| s.columns(xi)) {
+            Some(cols) => matmul(
+                a(xi),
+                b.slice(s![.., cols.clone()]),
+                out.slice_mut(s![.., cols]),
+                false,
+                Threads::One,
+            ),
+            None => matmul(a(xi), b, out, false, Threads::One),
+        }
+    });
 }
 
 /// Whether `tiles` tiles over the whole batch are few enough to keep side by side (`[36, C, T]`
@@ -719,7 +1065,7 @@ fn run_block(
     let mut v = as_tiles(&mut s.v, plan.c_in, tb);
     let mut m = as_tiles(&mut s.m, plan.c_out, tb);
     input_transform(plan, x, &tile_rows(&block), &mut s.work, v.view_mut());
-    products(|xi| w.position(xi), v.view(), m.view_mut(), false);
+    products(|xi| w.position(xi), v.view(), m.view_mut(), None, false);
     output_transform(plan, &mut block, m.view(), epilogue, &mut s.work);
 }
 
@@ -800,20 +1146,50 @@ fn per_channel<D: ndarray::RemoveAxis, const K: usize>(
         );
 }
 
-/// The Winograd-domain tiles `out` `[36, C, T]` of a batch in [`by_images`] order from `src`
-/// `[N, C, H, W]` (standard layout): the `K`×`K` window of each tile, at `(4·ty − p, 4·tx − p)`
-/// and zero outside the map, through `f` down its columns and then across its rows, in parallel
-/// over the channels. The input transform `V = Bᵀ·d·B` is `K` = 6 with [`bt6`], the output
-/// gradient's `M̄ = A·Ȳ·Aᵀ` `K` = 4 with [`a4`] and no offset.
-fn tiles_by_images<const K: usize>(
+/// A tile's transform into the six points along one axis, for a tile of any [`Span`]: the
+/// input's `Bᵀ` (`K` = 6 window values) or the output gradient's `A` (`K` = 4).
+trait ToPoints<const K: usize>: Copy + Sync + Send {
+    fn apply<S: Span>(v: [f32; K]) -> [f32; ALPHA];
+}
+
+/// `V = Bᵀ·d·B`.
+#[derive(Clone, Copy)]
+struct InputPoints;
+
+impl ToPoints<ALPHA> for InputPoints {
+    #[inline(always)]
+    fn apply<S: Span>(d: [f32; ALPHA]) -> [f32; ALPHA] {
+        S::bt(d)
+    }
+}
+
+/// `M̄ = A·Ȳ·Aᵀ`.
+#[derive(Clone, Copy)]
+struct GradientPoints;
+
+impl ToPoints<M_TILE> for GradientPoints {
+    #[inline(always)]
+    fn apply<S: Span>(y: [f32; M_TILE]) -> [f32; ALPHA] {
+        S::a(y)
+    }
+}
+
+/// The Winograd-domain tiles `out` `[36, C, T]` of a batch in [`by_images`] order ([`Slots`])
+/// from `src` `[N, C, H, W]` (standard layout): the `K`×`K` window of each tile, at
+/// `(4·ty − p, 4·tx − p)` and zero outside the map, through `T` down its columns and then
+/// across its rows (each axis by the tile's [`Cover`] along it), in parallel over the channels.
+/// The input transform `V = Bᵀ·d·B` is `K` = 6 with [`InputPoints`], the output gradient's
+/// `M̄ = A·Ȳ·Aᵀ` `K` = 4 with [`GradientPoints`] and no offset. Positions a tile does not use
+/// are left as they were or zero.
+fn tiles_by_images<const K: usize, T: ToPoints<K>>(
     src: &[f32],
     (n, h, w): (usize, usize, usize),
     p: usize,
-    (tiles_y, tiles_x): (usize, usize),
+    slots: &Slots,
     out: TilesMut<'_>,
-    f: impl Fn([f32; K]) -> [f32; ALPHA] + Copy + Sync + Send,
 ) {
     let channels = out.dim().1;
+    let (tiles_y, tiles_x) = slots.tiles;
     per_channel(
         out,
         [h * w * n, n, ALPHA * K * n],
@@ -821,7 +1197,8 @@ fn tiles_by_images<const K: usize>(
             interleave_images(src, (n, channels, c), planes);
             let mut out = channel_rows_mut(&mut rows);
             for (ty, tx) in ndarray::indices((tiles_y, tiles_x)) {
-                let t0 = (ty * tiles_x + tx) * n;
+                let t0 = slots.column(ty, tx);
+                let (row_cover, col_cover) = slots.covers(ty, tx);
                 // The window's value (i, j) of every image.
                 let at = |i: usize, j: usize| -> &[f32] {
                     match (
@@ -834,49 +1211,53 @@ fn tiles_by_images<const K: usize>(
                         _ => &zeros[..],
                     }
                 };
-                // Down each of the K columns j: half[6·j + a].
-                for j in 0..K {
+                // Down each of the columns j the tile reads: half[6·j + a].
+                for j in 0..K - M_TILE + col_cover.outputs() {
                     let down = std::array::from_fn(|i| at(i, j));
-                    lanes(n, down, chunks_mut::<ALPHA>(half, ALPHA * j, n), f);
+                    let dst = chunks_mut::<ALPHA>(half, ALPHA * j, n);
+                    with_span!(row_cover, S => lanes(n, down, dst, T::apply::<S>));
                 }
-                // Across each of the six rows a: out[6·a + b].
+                // Across each of the rows a it uses: out[6·a + b].
                 for (a, row) in out.iter_mut().enumerate() {
+                    if !row_cover.keeps(a) {
+                        continue;
+                    }
                     let across = std::array::from_fn(|j| &half[(ALPHA * j + a) * n..][..n]);
-                    lanes(n, across, row.each_mut().map(|r| &mut r[t0..t0 + n]), f);
+                    let dst = row.each_mut().map(|r| &mut r[t0..t0 + n]);
+                    with_span!(col_cover, S => lanes(n, across, dst, T::apply::<S>));
                 }
             }
         },
     );
 }
 
-/// `Aᵀ·M·A` of the whole batch's tiles `m` `[36, C_out, T]` in [`by_images`] order, through the
-/// epilogue, into `y` `[N, C_out, OH, OW]`, in parallel over the channels.
-fn output_transform_images(plan: &Plan, m: Tiles<'_>, epilogue: &Epilogue, y: &mut Array4<f32>) {
-    let Plan {
-        out_width: ow,
-        tiles_x,
-        ..
-    } = *plan;
-    let (n, _, oh, _) = y.dim();
-    let tiles_y = plan.tiles_y();
+/// `Aᵀ·M·A` of the whole batch's tiles `m` `[36, C_out, T]` in [`by_images`] order ([`Slots`]),
+/// each axis by the tile's [`Cover`] along it, through the epilogue, into `y`
+/// `[N, C_out, OH, OW]`, in parallel over the channels.
+fn output_transform_images(slots: &Slots, m: Tiles<'_>, epilogue: &Epilogue, y: &mut Array4<f32>) {
+    let (n, _, oh, ow) = y.dim();
+    let (tiles_y, tiles_x) = slots.tiles;
     per_channel(
         y.view_mut(),
         [oh * ow * n, ALPHA * M_TILE * n, M_TILE * n],
         |o, images, [planes, half, tile]| {
             let m = channel_rows(m, o);
             for (ty, tx) in ndarray::indices((tiles_y, tiles_x)) {
-                let t0 = (ty * tiles_x + tx) * n;
-                // Aᵀ down each of the six columns b: half[4·b + r].
-                for b in 0..ALPHA {
+                let t0 = slots.column(ty, tx);
+                let (row_cover, col_cover) = slots.covers(ty, tx);
+                // Aᵀ down each of the columns b the tile uses: half[4·b + r].
+                for b in (0..ALPHA).filter(|&b| col_cover.keeps(b)) {
                     let down = std::array::from_fn(|a| &m[ALPHA * a + b][t0..t0 + n]);
-                    lanes(n, down, chunks_mut::<M_TILE>(half, M_TILE * b, n), at6);
+                    let dst = chunks_mut::<M_TILE>(half, M_TILE * b, n);
+                    with_span!(row_cover, S => lanes(n, down, dst, S::at));
                 }
-                // A across each of the four rows r, into the rows inside the output.
-                for r in (0..M_TILE).take_while(|r| M_TILE * ty + r < oh) {
+                // A across each of the rows r it covers.
+                for r in 0..row_cover.outputs() {
                     let across = std::array::from_fn(|b| &half[(M_TILE * b + r) * n..][..n]);
-                    lanes(n, across, chunks_mut::<M_TILE>(tile, 0, n), at6);
+                    let dst = chunks_mut::<M_TILE>(tile, 0, n);
+                    with_span!(col_cover, S => lanes(n, across, dst, S::at));
                     let row = M_TILE * ty + r;
-                    for c in (0..M_TILE).take_while(|c| M_TILE * tx + c < ow) {
+                    for c in 0..col_cover.outputs() {
                         planes[(row * ow + M_TILE * tx + c) * n..][..n]
                             .copy_from_slice(&tile[c * n..][..n]);
                     }
@@ -955,9 +1336,16 @@ pub fn conv3x3_keeping(
         // V and M are written in full before they are read.
         let mut v: Array3<f32> = recycle::take_array((POSITIONS, c_in, total));
         let mut m: Array3<f32> = recycle::take_array((POSITIONS, w.c_out, total));
+        let slots = plan.slots(n);
         plan.input_tiles_by_images(xs, n, v.view_mut());
-        products(|xi| w.position(xi), v.view(), m.view_mut(), true);
-        output_transform_images(&plan, m.view(), epilogue, &mut y);
+        products(
+            |xi| w.position(xi),
+            v.view(),
+            m.view_mut(),
+            Some(&slots),
+            true,
+        );
+        output_transform_images(&slots, m.view(), epilogue, &mut y);
         recycle::give_array(m);
         let tiles = InputTiles {
             v,
@@ -1002,7 +1390,7 @@ pub fn conv3x3_keeping(
                 || Work::new(&plan, max_tiles),
                 |work, (block, v)| input_transform(&plan, xs, &tile_rows(block), work, v),
             );
-        products(|xi| w.position(xi), v.view(), m.view_mut(), true);
+        products(|xi| w.position(xi), v.view(), m.view_mut(), None, true);
         blocks
             .into_par_iter()
             .zip(windows(m.view_mut(), &sizes))
@@ -1235,18 +1623,22 @@ fn input_transform_adjoint(
 }
 
 /// The adjoint of [`tiles_by_images`]'s input transform: `B·V̄·Bᵀ` of every tile of `v_bar`
-/// `[36, C_in, T]` ([`by_images`] order), summed where tiles overlap, into `dx`
+/// `[36, C_in, T]` ([`by_images`] order, [`Slots`]), summed where tiles overlap, into `dx`
 /// `[N, C_in, H, W]` (every value written; those that fall on the padding are dropped), in
 /// parallel over the channels.
-fn input_transform_adjoint_images(plan: &Plan, v_bar: Tiles<'_>, dx: &mut Array4<f32>) {
+fn input_transform_adjoint_images(
+    plan: &Plan,
+    slots: &Slots,
+    v_bar: Tiles<'_>,
+    dx: &mut Array4<f32>,
+) {
     let Plan {
         height: h,
         width: w,
         padding: p,
-        tiles_x,
         ..
     } = *plan;
-    let (n, tiles_y) = (dx.dim().0, plan.tiles_y());
+    let (n, (tiles_y, tiles_x)) = (dx.dim().0, slots.tiles);
     per_channel(
         dx.view_mut(),
         [h * w * n, POSITIONS * n, POSITIONS * n],
@@ -1254,19 +1646,24 @@ fn input_transform_adjoint_images(plan: &Plan, v_bar: Tiles<'_>, dx: &mut Array4
             planes.fill(0.0);
             let v_bar = channel_rows(v_bar, c);
             for (ty, tx) in ndarray::indices((tiles_y, tiles_x)) {
-                let t0 = (ty * tiles_x + tx) * n;
-                // B across each of the six rows a: half[6·a + j].
-                for a in 0..ALPHA {
+                let t0 = slots.column(ty, tx);
+                let (row_cover, col_cover) = slots.covers(ty, tx);
+                // The window's rows and columns the tile reads.
+                let (rows, cols) = (row_cover.outputs() + 2, col_cover.outputs() + 2);
+                // B across each of the rows a it uses: half[6·a + j].
+                for a in (0..ALPHA).filter(|&a| row_cover.keeps(a)) {
                     let across = std::array::from_fn(|b| &v_bar[ALPHA * a + b][t0..t0 + n]);
-                    lanes(n, across, chunks_mut::<ALPHA>(half, ALPHA * a, n), b6);
+                    let dst = chunks_mut::<ALPHA>(half, ALPHA * a, n);
+                    with_span!(col_cover, S => lanes(n, across, dst, S::b));
                 }
-                // B down each of the six columns j: window[6·j + i].
-                for j in 0..ALPHA {
+                // B down each of the window's columns j: window[6·j + i].
+                for j in 0..cols {
                     let down = std::array::from_fn(|a| &half[(ALPHA * a + j) * n..][..n]);
-                    lanes(n, down, chunks_mut::<ALPHA>(window, ALPHA * j, n), b6);
+                    let dst = chunks_mut::<ALPHA>(window, ALPHA * j, n);
+                    with_span!(row_cover, S => lanes(n, down, dst, S::b));
                 }
                 // Added at the window's place in the map.
-                for (i, j) in ndarray::indices((ALPHA, ALPHA)) {
+                for (i, j) in ndarray::indices((rows, cols)) {
                     let (Some(r), Some(col)) = (
                         (M_TILE * ty + i).checked_sub(p),
                         (M_TILE * tx + j).checked_sub(p),
@@ -1467,7 +1864,7 @@ pub fn conv3x3_backward(
                     }
                 },
             );
-        let (dw, v_bar) = weight_grad_and_v_bar(v, m, u, into);
+        let (dw, v_bar) = weight_grad_and_v_bar(v, m, u, into, None);
         // V̄ back per block.
         let pieces = v_bar.map_or_else(Vec::new, |mut v_bar| {
             let pieces = blocks
@@ -1500,6 +1897,7 @@ pub fn conv3x3_backward(
                         |xi| u.position(xi).reversed_axes(),
                         m.view(),
                         v_bar.view_mut(),
+                        None,
                         false,
                     );
                     input_transform_adjoint(&plan, v_bar.view(), pieces, &mut s.work)
@@ -1549,12 +1947,12 @@ fn backward_by_images(
 ) -> (Option<Array4<f32>>, Option<Array4<f32>>) {
     let (u, from, into) = wanted.into_parts();
     let (c_in, c_out) = (plan.c_in, plan.c_out);
-    let tiles = (plan.tiles_y(), plan.tiles_x);
-    let total = n * tiles.0 * tiles.1;
-    // M̄, V and V̄ are written in full before they are read.
+    let total = n * plan.tiles_y() * plan.tiles_x;
+    // M̄, V and V̄ are written before they are read, at the positions each tile uses.
     let mut m: Array3<f32> = recycle::take_array((POSITIONS, c_out, total));
     let out_size = (n, plan.height + 2 * plan.padding - 2, plan.out_width);
-    tiles_by_images::<M_TILE>(gy, out_size, 0, tiles, m.view_mut(), a4);
+    let slots = plan.slots(n);
+    tiles_by_images::<M_TILE, GradientPoints>(gy, out_size, 0, &slots, m.view_mut());
     let v = from.map(|from| match from {
         WeightGradFrom::Input(x) => {
             let x = x.as_standard_layout();
@@ -1564,10 +1962,10 @@ fn backward_by_images(
         }
         WeightGradFrom::Tiles(mut t) => std::mem::take(&mut t.v),
     });
-    let (dw, v_bar) = weight_grad_and_v_bar(v, m, u, into);
+    let (dw, v_bar) = weight_grad_and_v_bar(v, m, u, into, Some(&slots));
     let dx = v_bar.map(|v_bar| {
         let mut dx: Array4<f32> = recycle::take_array((n, c_in, plan.height, plan.width));
-        input_transform_adjoint_images(plan, v_bar.view(), &mut dx);
+        input_transform_adjoint_images(plan, &slots, v_bar.view(), &mut dx);
         recycle::give_array(v_bar);
         dx
     });
@@ -1576,19 +1974,21 @@ fn backward_by_images(
 
 /// From the batch's output-gradient tiles `m` (`M̄` `[36, C_out, T]`): `∂W` when the input's
 /// tiles `v` are given, and `V̄ = Uᵀ·M̄` `[36, C_in, T]` when `u` is, in `V`'s buffer once `∂W`
-/// has used it (`∂W` into `into` when given, then not returned). `M̄` and any buffer left unused
+/// has used it (`∂W` into `into` when given, then not returned). With `slots` ([`by_images`]
+/// order), each position over the columns whose tiles use it. `M̄` and any buffer left unused
 /// go back to the pool.
 fn weight_grad_and_v_bar(
     mut v: Option<Array3<f32>>,
     m: Array3<f32>,
     u: Option<&WinogradWeights>,
     into: Option<GradInto<'_>>,
+    slots: Option<&Slots>,
 ) -> (Option<Array4<f32>>, Option<Array3<f32>>) {
     let dw = v
         .as_ref()
-        .and_then(|v| weight_grad(v.view(), m.view(), into));
+        .and_then(|v| weight_grad(v.view(), m.view(), into, slots));
     let v_bar = u.map(|u| {
-        // Written in full by the products.
+        // Written by the products, at the positions each tile uses.
         let mut v_bar = v
             .take()
             .unwrap_or_else(|| recycle::take_array((POSITIONS, u.c_in, m.dim().2)));
@@ -1596,6 +1996,7 @@ fn weight_grad_and_v_bar(
             |xi| u.position(xi).reversed_axes(),
             m.view(),
             v_bar.view_mut(),
+            slots,
             true,
         );
         v_bar
@@ -1608,20 +2009,28 @@ fn weight_grad_and_v_bar(
 }
 
 /// `∂W = Gᵀ·(M̄[ξ]·V[ξ]ᵀ)·G` `[C_out, C_in, 3, 3]` from the batch's tiles `V` `[36, C_in, T]`
-/// and `M̄` `[36, C_out, T]`: into `into` when given (`None` returned), else a new array.
+/// and `M̄` `[36, C_out, T]` (with `slots`, each position's sum over the tiles that use it):
+/// into `into` when given (`None` returned), else a new array.
 ///
 /// # Panics
 /// Panics if `into` is not `[C_out, C_in, 3, 3]` in standard layout.
-fn weight_grad(v: Tiles<'_>, m: Tiles<'_>, into: Option<GradInto<'_>>) -> Option<Array4<f32>> {
-    let (c_in, c_out) = (v.dim().1, m.dim().1);
-    // Every ∂U[ξ] is written by its product.
+fn weight_grad(
+    v: Tiles<'_>,
+    m: Tiles<'_>,
+    into: Option<GradInto<'_>>,
+    slots: Option<&Slots>,
+) -> Option<Array4<f32>> {
+    let (c_in, c_out, tiles) = (v.dim().1, m.dim().1, v.dim().2);
+    // Every ∂U[ξ] is written by its product (zero when no tile uses ξ).
     let mut du: Array3<f32> = recycle::take_array((POSITIONS, c_out, c_in));
-    products(
-        |xi| m.index_axis_move(Axis(0), xi),
-        v.permuted_axes([0, 2, 1]),
-        du.view_mut(),
-        true,
-    );
+    per_position(du.view_mut(), true, |xi, du| {
+        let cols = slots.map_or(0..tiles, |s| s.columns(xi));
+        let m = m
+            .index_axis_move(Axis(0), xi)
+            .slice_move(s![.., cols.clone()]);
+        let v = v.index_axis_move(Axis(0), xi).slice_move(s![.., cols]);
+        matmul(m, v.reversed_axes(), du, false, Threads::One);
+    });
     // ∂W = Gᵀ·∂U·G for every channel pair, in parallel chunks of pairs, the pairs as lanes.
     let pairs = c_out * c_in;
     // Every pair's nine values are written (or added to) below.
@@ -1767,6 +2176,8 @@ mod tests {
             (1, 256, 256, 8, false),
             (1, 512, 512, 8, true),
             (2, 512, 64, 6, false),
+            // Eight images or more at ResNet-18's layer4 size: the last tiles cover three.
+            (8, 256, 256, 7, true),
         ] {
             let mut x = normal(&mut rng, (n, ci, side, side), 1.0);
             if relu_input {
@@ -1907,20 +2318,146 @@ mod tests {
         }
     }
 
+    /// For a tile of each [`Cover`], `m` outputs: `Aᵀ·[(G·g) ⊙ (Bᵀ·d)]` is the correlation of the
+    /// window `d` with the kernel `g` on those outputs (the 1-D Winograd identity), `A` and `B`
+    /// are the adjoints of `Aᵀ` and `Bᵀ` on the points it keeps, every value it does not
+    /// compute is zero, and no value is read at a point it skips (NaN there changes nothing).
     #[test]
-    fn b6_is_the_adjoint_of_bt6() {
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let dot = |a: [f32; 6], b: [f32; 6]| -> f64 {
-            a.iter().zip(&b).map(|(a, b)| (a * b) as f64).sum()
-        };
-        for _ in 0..20 {
-            let d: [f32; 6] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
-            let v: [f32; 6] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
-            let (lhs, rhs) = (dot(bt6(d), v), dot(d, b6(v)));
-            assert!(
-                (lhs - rhs).abs() < 1e-5,
-                "<Bᵀd, v> = {lhs}, <d, Bv> = {rhs}"
+    fn every_span_computes_the_correlation_and_its_adjoints() {
+        fn check<S: Span>(cover: Cover, rng: &mut ChaCha8Rng) {
+            let m = cover.outputs();
+            assert_eq!(
+                S::KEEPS,
+                std::array::from_fn(|i| cover.keeps(i)),
+                "{cover:?}"
             );
+            let kept = |i: usize| S::KEEPS[i];
+            let skipped = |v: [f32; ALPHA]| -> [f32; ALPHA] {
+                std::array::from_fn(|i| if kept(i) { v[i] } else { f32::NAN })
+            };
+            let dot = |a: &[f32], b: &[f32]| -> f64 {
+                a.iter().zip(b).map(|(a, b)| *a as f64 * *b as f64).sum()
+            };
+            for _ in 0..20 {
+                let g: [f32; 3] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
+                let mut d: [f32; ALPHA] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
+                let v = S::bt(d);
+                let u = g3(g);
+                let y = S::at(skipped(std::array::from_fn(|i| u[i] * v[i])));
+                for (i, y) in y.iter().enumerate() {
+                    let want: f64 = if i < m {
+                        (0..3).map(|k| g[k] as f64 * d[i + k] as f64).sum()
+                    } else {
+                        0.0
+                    };
+                    assert!(
+                        (*y as f64 - want).abs() < 1e-5,
+                        "{cover:?}: y{i} {y} against {want}"
+                    );
+                }
+                // Window values past the m + 2 a tile reads do not matter.
+                d[m + 2..].fill(f32::NAN);
+                assert!(
+                    S::bt(d).iter().all(|v| v.is_finite()),
+                    "{cover:?}: Bᵀ reads past m + 2"
+                );
+                d[m + 2..].fill(0.0);
+                let (vb, ybar): ([f32; ALPHA], [f32; M_TILE]) = (
+                    std::array::from_fn(|_| rng.random_range(-1.0..1.0)),
+                    std::array::from_fn(|i| {
+                        if i < m {
+                            rng.random_range(-1.0..1.0)
+                        } else {
+                            0.0
+                        }
+                    }),
+                );
+                let keep = |v: [f32; ALPHA]| -> [f32; ALPHA] {
+                    std::array::from_fn(|i| if kept(i) { v[i] } else { 0.0 })
+                };
+                // ⟨Bᵀd, v⟩ = ⟨d, Bv⟩ and ⟨Aᵀw, ȳ⟩ = ⟨w, Aȳ⟩ over the kept points.
+                let b = S::b(skipped(vb));
+                let (lhs, rhs) = (dot(&S::bt(d), &keep(vb)), dot(&d, &b));
+                assert!(
+                    (lhs - rhs).abs() < 1e-5,
+                    "{cover:?}: <Bᵀd, v> {lhs}, <d, Bv> {rhs}"
+                );
+                assert!(
+                    b[m + 2..].iter().all(|&v| v == 0.0),
+                    "{cover:?}: B past m + 2"
+                );
+                let a = S::a(ybar);
+                let (lhs, rhs) = (dot(&S::at(skipped(vb)), &ybar), dot(&keep(vb), &a));
+                assert!(
+                    (lhs - rhs).abs() < 1e-5,
+                    "{cover:?}: <Aᵀw, ȳ> {lhs}, <w, Aȳ> {rhs}"
+                );
+                for i in (0..ALPHA).filter(|&i| !kept(i)) {
+                    assert!(
+                        S::bt(d)[i] == 0.0 && a[i] == 0.0,
+                        "{cover:?}: point {i} not zero"
+                    );
+                }
+            }
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        check::<Four>(Cover::Four, &mut rng);
+        check::<Three>(Cover::Three, &mut rng);
+        check::<Two>(Cover::Two, &mut rng);
+        check::<One>(Cover::One, &mut rng);
+        assert_eq!(
+            [7, 6, 5, 4].map(Cover::last),
+            [Cover::Three, Cover::Two, Cover::One, Cover::Four]
+        );
+    }
+
+    /// The tiles' column runs fill the batch's columns once, and each position's products take
+    /// exactly the runs of the tiles that use it: at 7×7, 121 of the 144 tile-position pairs.
+    #[test]
+    fn slots_give_each_position_exactly_the_tiles_that_use_it() {
+        for (n, oh, ow) in [
+            (16, 7, 7),
+            (8, 4, 7),
+            (3, 12, 5),
+            (2, 2, 2),
+            (5, 13, 10),
+            (1, 8, 8),
+            (4, 1, 6),
+            (2, 9, 3),
+        ] {
+            let slots = Slots::new(n, (oh, ow));
+            let (tiles_y, tiles_x) = slots.tiles;
+            let tiles: Vec<(usize, usize)> =
+                ndarray::indices((tiles_y, tiles_x)).into_iter().collect();
+            let mut starts: Vec<usize> = tiles.iter().map(|&(y, x)| slots.column(y, x)).collect();
+            starts.sort_unstable();
+            let every: Vec<usize> = (0..tiles.len()).map(|t| t * n).collect();
+            assert_eq!(starts, every, "{n} images {oh}x{ow}: columns");
+            // The covers add up to the output's sides.
+            let rows: usize = (0..tiles_y).map(|y| slots.covers(y, 0).0.outputs()).sum();
+            let cols: usize = (0..tiles_x).map(|x| slots.covers(0, x).1.outputs()).sum();
+            assert_eq!((rows, cols), (oh, ow), "{n} images {oh}x{ow}: covers");
+            let mut pairs = 0;
+            for xi in 0..POSITIONS {
+                let columns = slots.columns(xi);
+                pairs += columns.len() / n;
+                for &(y, x) in &tiles {
+                    let (row, col) = slots.covers(y, x);
+                    let uses = row.keeps(xi / ALPHA) && col.keeps(xi % ALPHA);
+                    let t0 = slots.column(y, x);
+                    let inside = columns.start <= t0 && t0 + n <= columns.end;
+                    assert_eq!(
+                        inside, uses,
+                        "{n} images {oh}x{ow}: tile ({y}, {x}) at {xi}"
+                    );
+                    if !uses {
+                        assert!(t0 + n <= columns.start || columns.end <= t0);
+                    }
+                }
+            }
+            if (oh, ow) == (7, 7) {
+                assert_eq!(pairs, 121, "tile-position pairs at 7x7");
+            }
         }
     }
 
@@ -1941,6 +2478,7 @@ mod tests {
             (2, 64, 96, 30, 30, 1),
             (4, 64, 48, 7, 7, 1),
             (2, 512, 512, 7, 7, 1),
+            (8, 256, 256, 7, 7, 1),
             (9, 8, 12, 13, 13, 1),
             (2, 5, 3, 9, 9, 0),
             (3, 6, 4, 6, 6, 2),
