@@ -1333,7 +1333,7 @@ pub fn conv3x3_keeping(
     }
     let total = n * tiles_y * tiles_x;
     if by_images(n, total) {
-        // V and M are written in full before they are read.
+        // V and M are written before they are read, at the positions each tile uses.
         let mut v: Array3<f32> = recycle::take_array((POSITIONS, c_in, total));
         let mut m: Array3<f32> = recycle::take_array((POSITIONS, w.c_out, total));
         let slots = plan.slots(n);
