@@ -185,9 +185,9 @@ impl Cover {
 ///      ⎣ 0  1   1  1/4   1 ⎦
 /// ```
 ///
-/// Each function takes and gives the six points' values (or a tile's six input, four output
-/// values): it never reads a point the cover does not use (those values may be anything) and
-/// writes zero there and past its `m + 2` inputs or `m` outputs.
+/// Each function maps values at the six points to or from a tile's six window values or four
+/// outputs: it never reads a point the cover does not use (those values may be anything), nor a
+/// window value past its `m + 2` or an output past its `m`, and writes zero there.
 trait Span {
     /// The points used.
     const KEEPS: [bool; ALPHA];
