@@ -61,10 +61,33 @@ impl Drop for Data {
 /// Where rows go while they are computed.
 enum Sink {
     Memory(Vec<f32>),
-    File(BufWriter<File>, PathBuf),
+    File(Spill),
+}
+
+/// The file a store's rows are written to, removed again when it is dropped unfinished (an
+/// error while computing the rows leaves nothing behind).
+struct Spill {
+    /// `None` once [`Sink::finish`] has taken it.
+    writer: Option<BufWriter<File>>,
+    path: PathBuf,
+    /// Bytes written so far.
+    written: u64,
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl Sink {
+    /// A sink for `values` values; a file store reserves their bytes on its disk first.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file when it exists or cannot be created; [`Error::Data`] naming
+    /// it when its disk cannot hold `values` values (the file is then removed).
     fn new(storage: &Storage, values: usize) -> Result<Sink> {
         Ok(match storage {
             Storage::Memory => Sink::Memory(Vec::with_capacity(values)),
@@ -75,7 +98,24 @@ impl Sink {
                     .create_new(true)
                     .open(path)
                     .map_err(|e| Error::io(path, e))?;
-                Sink::File(BufWriter::with_capacity(1 << 20, file), path.clone())
+                let bytes = (values * std::mem::size_of::<f32>()) as u64;
+                let reserved = reserve(&file, bytes);
+                // From here on, dropping the sink removes the file.
+                let spill = Spill {
+                    writer: Some(BufWriter::with_capacity(1 << 20, file)),
+                    path: path.clone(),
+                    written: 0,
+                };
+                reserved.map_err(|e| {
+                    Error::data(
+                        path,
+                        format!(
+                            "the frozen-feature cache needs {:.1} MB on this disk: {e}",
+                            bytes as f64 / 1e6
+                        ),
+                    )
+                })?;
+                Sink::File(spill)
             }
         })
     }
@@ -83,9 +123,16 @@ impl Sink {
     fn push(&mut self, values: &[f32]) -> Result<()> {
         match self {
             Sink::Memory(v) => v.extend_from_slice(values),
-            Sink::File(w, path) => w
-                .write_all(bytemuck::cast_slice(values))
-                .map_err(|e| Error::io(&*path, e))?,
+            Sink::File(spill) => {
+                let bytes: &[u8] = bytemuck::cast_slice(values);
+                spill
+                    .writer
+                    .as_mut()
+                    .expect("an unfinished sink has its writer")
+                    .write_all(bytes)
+                    .map_err(|e| Error::io(&spill.path, e))?;
+                spill.written += bytes.len() as u64;
+            }
         }
         Ok(())
     }
@@ -93,12 +140,20 @@ impl Sink {
     fn finish(self) -> Result<Data> {
         match self {
             Sink::Memory(v) => Ok(Data::Memory(v)),
-            Sink::File(w, path) => {
+            Sink::File(mut spill) => {
+                let path = spill.path.clone();
+                let writer = spill
+                    .writer
+                    .take()
+                    .expect("an unfinished sink has its writer");
                 let result = (|| {
-                    let file = w
+                    let file = writer
                         .into_inner()
                         .map_err(|e| Error::io(&path, e.into_error()))?;
-                    if file.metadata().map_err(|e| Error::io(&path, e))?.len() == 0 {
+                    // The reservation may exceed what was written; the map holds the rows only.
+                    file.set_len(spill.written)
+                        .map_err(|e| Error::io(&path, e))?;
+                    if spill.written == 0 {
                         return Ok(Data::Memory(Vec::new()));
                     }
                     // SAFETY: the file was created by this call (`create_new`) and is neither
@@ -121,6 +176,28 @@ impl Sink {
             }
         }
     }
+}
+
+/// Reserves `bytes` for `file` on its disk (Linux `fallocate`), so that a store larger than the
+/// free space fails before any row is computed rather than after minutes of work. Where the
+/// system or filesystem cannot reserve, nothing is done.
+fn reserve(file: &File, bytes: u64) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if bytes > 0 {
+        use std::os::fd::AsRawFd;
+        let len = libc::off_t::try_from(bytes)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: the descriptor belongs to `file`, open for writing for the whole call.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if !matches!(err.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) {
+                return Err(err);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, bytes);
+    Ok(())
 }
 
 /// Values in one image's output of units `0..prefix` for `size`×`size` inputs.
@@ -294,7 +371,8 @@ mod tests {
     fn a_file_store_maps_what_was_written_and_leaves_no_file() {
         let path = scratch("rows");
         let _ = std::fs::remove_file(&path);
-        let mut sink = Sink::new(&Storage::File(path.clone()), 0).unwrap();
+        // Room reserved for more rows than come: the map holds the rows written.
+        let mut sink = Sink::new(&Storage::File(path.clone()), 12_000).unwrap();
         let values: Vec<f32> = (0..10_000).map(|i| i as f32 * 0.5 - 7.0).collect();
         for chunk in values.chunks(999) {
             sink.push(chunk).unwrap();
@@ -307,6 +385,40 @@ mod tests {
         }
         drop(data);
         assert!(!path.exists(), "removed when dropped");
+        let _ = std::fs::remove_dir(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_file_store_dropped_unfinished_leaves_no_file() {
+        let path = scratch("unfinished");
+        let _ = std::fs::remove_file(&path);
+        let mut sink = Sink::new(&Storage::File(path.clone()), 1000).unwrap();
+        sink.push(&[1.0; 400]).unwrap();
+        assert!(path.exists(), "written while the rows come");
+        // As when computing the rows fails part way.
+        drop(sink);
+        assert!(!path.exists(), "removed with the unfinished sink");
+        let _ = std::fs::remove_dir(path.parent().unwrap());
+    }
+
+    /// A store larger than its disk fails when it is made, before any row is computed, naming
+    /// the file and the size, and leaves no file.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_store_larger_than_its_disk_fails_at_once() {
+        let path = scratch("huge");
+        let _ = std::fs::remove_file(&path);
+        // 4 PB: more than any disk this runs on, and than ext4's largest file.
+        let err = Sink::new(&Storage::File(path.clone()), 1 << 50)
+            .err()
+            .expect("no disk holds this");
+        let text = err.to_string();
+        assert!(text.contains("huge"), "{text}");
+        assert!(
+            text.contains("the frozen-feature cache needs 4503599627.4 MB on this disk"),
+            "{text}"
+        );
+        assert!(!path.exists(), "nothing left behind");
         let _ = std::fs::remove_dir(path.parent().unwrap());
     }
 
