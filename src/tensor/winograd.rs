@@ -124,6 +124,30 @@ fn at6(m: [f32; 6]) -> [f32; 4] {
     ]
 }
 
+/// `$body` with `$s` the [`Span`] type of the cover `$cover`.
+macro_rules! with_span {
+    ($cover:expr, $s:ident => $body:expr) => {
+        match $cover {
+            Cover::Four => {
+                type $s = Four;
+                $body
+            }
+            Cover::Three => {
+                type $s = Three;
+                $body
+            }
+            Cover::Two => {
+                type $s = Two;
+                $body
+            }
+            Cover::One => {
+                type $s = One;
+                $body
+            }
+        }
+    };
+}
+
 /// How many of a tile's four outputs along one axis lie inside the output. In [`by_images`]
 /// order the last tile row and column of a side that is not a multiple of four compute only what
 /// is inside: `F(m, 3)` for the `m` left, on `m + 2` of the six points, the rest dropped (see
@@ -149,22 +173,12 @@ impl Cover {
 
     /// The outputs it covers.
     fn outputs(self) -> usize {
-        match self {
-            Cover::Four => 4,
-            Cover::Three => 3,
-            Cover::Two => 2,
-            Cover::One => 1,
-        }
+        with_span!(self, S => S::OUTPUTS)
     }
 
     /// Whether a tile of this cover uses point (transformed position) `i` of the six.
     fn keeps(self, i: usize) -> bool {
-        match self {
-            Cover::Four => true,
-            Cover::Three => <Three as Span>::KEEPS[i],
-            Cover::Two => <Two as Span>::KEEPS[i],
-            Cover::One => <One as Span>::KEEPS[i],
-        }
+        with_span!(self, S => S::KEEPS[i])
     }
 }
 
@@ -189,6 +203,8 @@ impl Cover {
 /// outputs: it never reads a point the cover does not use (those values may be anything), nor a
 /// window value past its `m + 2` or an output past its `m`, and writes zero there.
 trait Span {
+    /// The outputs covered, `m`.
+    const OUTPUTS: usize;
     /// The points used.
     const KEEPS: [bool; ALPHA];
     /// `Bᵀ·d`.
@@ -211,6 +227,7 @@ struct Two;
 struct One;
 
 impl Span for Four {
+    const OUTPUTS: usize = 4;
     const KEEPS: [bool; ALPHA] = [true; ALPHA];
     #[inline(always)]
     fn bt(d: [f32; ALPHA]) -> [f32; ALPHA] {
@@ -231,6 +248,7 @@ impl Span for Four {
 }
 
 impl Span for Three {
+    const OUTPUTS: usize = 3;
     const KEEPS: [bool; ALPHA] = [true, true, true, true, false, true];
     #[inline(always)]
     fn bt(d: [f32; ALPHA]) -> [f32; ALPHA] {
@@ -280,6 +298,7 @@ impl Span for Three {
 }
 
 impl Span for Two {
+    const OUTPUTS: usize = 2;
     const KEEPS: [bool; ALPHA] = [true, true, true, false, false, true];
     #[inline(always)]
     fn bt(d: [f32; ALPHA]) -> [f32; ALPHA] {
@@ -314,6 +333,7 @@ impl Span for Two {
 }
 
 impl Span for One {
+    const OUTPUTS: usize = 1;
     const KEEPS: [bool; ALPHA] = [true, true, false, false, false, true];
     #[inline(always)]
     fn bt(d: [f32; ALPHA]) -> [f32; ALPHA] {
@@ -331,30 +351,6 @@ impl Span for One {
     fn b(v: [f32; ALPHA]) -> [f32; ALPHA] {
         [v[0], 3.0 * v[1] - v[0] - v[5], v[5], 0.0, 0.0, 0.0]
     }
-}
-
-/// `$body` with `$s` the [`Span`] type of the cover `$cover`.
-macro_rules! with_span {
-    ($cover:expr, $s:ident => $body:expr) => {
-        match $cover {
-            Cover::Four => {
-                type $s = Four;
-                $body
-            }
-            Cover::Three => {
-                type $s = Three;
-                $body
-            }
-            Cover::Two => {
-                type $s = Two;
-                $body
-            }
-            Cover::One => {
-                type $s = One;
-                $body
-            }
-        }
-    };
 }
 
 /// Where a batch's tiles sit in [`by_images`] order, and which of them each position's products

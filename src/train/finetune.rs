@@ -235,8 +235,8 @@ pub fn finetune(
     model.set_input_size(opts.config.image_size);
     let prefix = model.frozen_prefix();
     let cacheable = opts.cache && prefix > 0 && model.prefix_is_deterministic(prefix);
-    // Augmented views to cache, when augmentation is on.
-    let views = (!opts.augment.is_none() && opts.cache_views > 0).then_some(opts.cache_views);
+    // Augmented views to cache ([`check`] has made sure augmentation is on).
+    let views = (opts.cache_views > 0).then_some(opts.cache_views);
     if views.is_some() && !cacheable {
         let why = if prefix == 0 {
             "no stage before it is frozen"
