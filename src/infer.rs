@@ -57,7 +57,7 @@ pub fn run_stage(
         let n = batch.shape()[0];
         let plan = *cached_plan.get_or_insert_with(|| Plan::new(model, stage, batch.shape()));
         let mut ctx = Context::eval(&mut rng);
-        let out = plan.forward(model, batch, plan.micro, &mut ctx);
+        let out = plan.forward(model, batch, &mut ctx);
         rows.push(flatten_rows(out));
         done += n;
         progress(done);
@@ -76,8 +76,8 @@ pub fn run_stage(
 /// micro-batch when it leads the network.
 pub const MICRO_POSITIONS: usize = 32 * 32;
 
-/// About the most bytes one image-map of the micro-batched layers takes across a micro-batch. With
-/// 24 MB, VGG16 (12.8 MB maps per image at 224×224) runs two images at a time, which bounds its
+/// About the most bytes the largest map of the micro-batched layers may take across a micro-batch.
+/// With 24 MB, VGG16 (12.8 MB maps per image at 224×224) runs two images at a time, which bounds its
 /// peak memory; ResNet-18 (3.2 MB after its stem) six: its frozen prefix on 16 images took 8–10%
 /// longer in micro-batches of two (in-process, alternated: 379–402 ms against 340–369 for 6 to 16
 /// images, which are within noise of each other).
@@ -123,15 +123,9 @@ impl Plan {
         Plan { split, end, micro }
     }
 
-    /// `model` up to the plan's stage on `x`, the trunk `micro` images at a time.
-    fn forward(
-        self,
-        model: &mut Model,
-        x: ArrayD<f32>,
-        micro: usize,
-        ctx: &mut Context<'_>,
-    ) -> ArrayD<f32> {
-        let n = x.shape()[0];
+    /// `model` up to the plan's stage on `x`, the trunk [`Plan::micro`] images at a time.
+    fn forward(self, model: &mut Model, x: ArrayD<f32>, ctx: &mut Context<'_>) -> ArrayD<f32> {
+        let (n, micro) = (x.shape()[0], self.micro);
         let net = model.net_mut();
         if n <= micro || self.split == 0 {
             return net.forward_range(x, ctx, 0..self.end);
@@ -175,7 +169,7 @@ pub fn forward_units(model: &mut Model, batch: ArrayD<f32>, end: usize) -> Array
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let mut ctx = Context::eval(&mut rng);
     let plan = Plan::units(model, end, batch.shape());
-    plan.forward(model, batch, plan.micro, &mut ctx)
+    plan.forward(model, batch, &mut ctx)
 }
 
 /// `[N, …]` → `[N, prod(…)]` in C order.
@@ -249,7 +243,11 @@ mod tests {
             let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(0);
             let want = model.forward_to(x.clone(), stage, &mut Context::eval(&mut r));
             for micro in [1, 2, 3, 5, 8] {
-                let got = plan.forward(&mut model, x.clone(), micro, &mut Context::eval(&mut r));
+                let got = Plan { micro, ..plan }.forward(
+                    &mut model,
+                    x.clone(),
+                    &mut Context::eval(&mut r),
+                );
                 assert_eq!(got.shape(), want.shape(), "{stage}, micro-batch {micro}");
                 let worst = got
                     .iter()
