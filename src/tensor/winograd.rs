@@ -420,6 +420,15 @@ impl Slots {
         slot * self.n
     }
 
+    /// Every tile `(ty, tx)` in C order, with its first column ([`Slots::column`]) and its covers
+    /// ([`Slots::covers`]).
+    fn placed(&self) -> impl Iterator<Item = ((usize, usize), usize, (Cover, Cover))> {
+        let slots = *self;
+        ndarray::indices(self.tiles)
+            .into_iter()
+            .map(move |(ty, tx)| ((ty, tx), slots.column(ty, tx), slots.covers(ty, tx)))
+    }
+
     /// The columns whose tiles use position `ξ` (every column when the sides are multiples of
     /// four).
     fn columns(&self, xi: usize) -> Range<usize> {
@@ -1185,16 +1194,13 @@ fn tiles_by_images<const K: usize, T: ToPoints<K>>(
     out: TilesMut<'_>,
 ) {
     let channels = out.dim().1;
-    let (tiles_y, tiles_x) = slots.tiles;
     per_channel(
         out,
         [h * w * n, n, ALPHA * K * n],
         |c, mut rows, [planes, zeros, half]| {
             interleave_images(src, (n, channels, c), planes);
             let mut out = channel_rows_mut(&mut rows);
-            for (ty, tx) in ndarray::indices((tiles_y, tiles_x)) {
-                let t0 = slots.column(ty, tx);
-                let (row_cover, col_cover) = slots.covers(ty, tx);
+            for ((ty, tx), t0, (row_cover, col_cover)) in slots.placed() {
                 // The window's value (i, j) of every image.
                 let at = |i: usize, j: usize| -> &[f32] {
                     match (
@@ -1232,15 +1238,12 @@ fn tiles_by_images<const K: usize, T: ToPoints<K>>(
 /// `[N, C_out, OH, OW]`, in parallel over the channels.
 fn output_transform_images(slots: &Slots, m: Tiles<'_>, epilogue: &Epilogue, y: &mut Array4<f32>) {
     let (n, _, oh, ow) = y.dim();
-    let (tiles_y, tiles_x) = slots.tiles;
     per_channel(
         y.view_mut(),
         [oh * ow * n, ALPHA * M_TILE * n, M_TILE * n],
         |o, images, [planes, half, tile]| {
             let m = channel_rows(m, o);
-            for (ty, tx) in ndarray::indices((tiles_y, tiles_x)) {
-                let t0 = slots.column(ty, tx);
-                let (row_cover, col_cover) = slots.covers(ty, tx);
+            for ((ty, tx), t0, (row_cover, col_cover)) in slots.placed() {
                 // Aᵀ down each of the columns b the tile uses: half[4·b + r].
                 for b in (0..ALPHA).filter(|&b| col_cover.keeps(b)) {
                     let down = std::array::from_fn(|a| &m[ALPHA * a + b][t0..t0 + n]);
@@ -1634,16 +1637,14 @@ fn input_transform_adjoint_images(
         padding: p,
         ..
     } = *plan;
-    let (n, (tiles_y, tiles_x)) = (dx.dim().0, slots.tiles);
+    let n = dx.dim().0;
     per_channel(
         dx.view_mut(),
         [h * w * n, POSITIONS * n, POSITIONS * n],
         |c, images, [planes, half, window]| {
             planes.fill(0.0);
             let v_bar = channel_rows(v_bar, c);
-            for (ty, tx) in ndarray::indices((tiles_y, tiles_x)) {
-                let t0 = slots.column(ty, tx);
-                let (row_cover, col_cover) = slots.covers(ty, tx);
+            for ((ty, tx), t0, (row_cover, col_cover)) in slots.placed() {
                 // The window's rows and columns the tile reads.
                 let (rows, cols) = (row_cover.outputs() + 2, col_cover.outputs() + 2);
                 // B across each of the rows a it uses: half[6·a + j].
