@@ -321,6 +321,10 @@ fn bad_folders_and_flags_are_clear_errors() {
         ],
     );
     fails_naming(&run(&good, &["--lr", "0"]), &["--lr"]);
+    fails_naming(
+        &run(&good, &["--save-interval", "-1"]),
+        &["--save-interval", "-1"],
+    );
     fails_naming(&run(&good, &["--lr", "-0.1"]), &["--lr"]);
     fails_naming(
         &run(&good, &["--augment", "flip,twirl"]),
@@ -370,6 +374,8 @@ fn killing_a_run_never_leaves_a_broken_checkpoint() {
                 "0",
                 "--augment",
                 "none",
+                "--save-interval",
+                "0",
             ])
             .args(&FAST[..5])
             .args(["--batch-size", "8"])
@@ -579,6 +585,15 @@ fn output_into_a_new_nested_directory() {
     assert_time_parts(&err, false);
     let csv = std::fs::read_to_string(out_dir.join("m.metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
+    // Files every 30 s by default: epoch 1 (the first best) waits in memory, the last is written.
+    let epoch_line = |e: &str| {
+        err.lines()
+            .find(|l| l.starts_with(&format!("epoch   {e}/2")))
+            .unwrap_or_else(|| panic!("no epoch {e} line: {err}"))
+            .to_string()
+    };
+    assert!(epoch_line("1").ends_with("  (best)"), "{err}");
+    assert!(epoch_line("2").ends_with("saved)"), "{err}");
 
     // A directory that cannot be created (a file is in the way) is an error naming it, before
     // any training.
@@ -617,11 +632,13 @@ fn feed(model: &Model, train: [usize; 4], val: [usize; 4], nan_at: Option<usize>
     }
 }
 
+/// Files after every epoch.
 fn config(epochs: usize) -> TrainConfig {
     TrainConfig {
         epochs,
         lr: 0.01,
         patience: 0,
+        save_interval: 0.0,
         ..TrainConfig::default()
     }
 }
@@ -630,7 +647,7 @@ fn config(epochs: usize) -> TrainConfig {
 struct OnEpoch<F: FnMut(usize)>(F);
 
 impl<F: FnMut(usize)> Observer for OnEpoch<F> {
-    fn on_epoch(&mut self, record: &EpochRecord) {
+    fn on_epoch(&mut self, record: &EpochRecord, _saved: bool) {
         (self.0)(record.epoch)
     }
 }
@@ -841,4 +858,103 @@ fn a_training_error_wins_over_a_write_error_once_the_files_are_done() {
     assert_eq!(csv_rows(&files.metrics), 1);
     assert_eq!(temporaries(&dir), Vec::<String>::new());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `config(epochs)` writing its files only after the last epoch (an interval no run reaches).
+fn config_saving_at_the_end(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        save_interval: 1e6,
+        ..config(epochs)
+    }
+}
+
+#[test]
+fn files_wait_for_the_save_interval_and_hold_what_every_epoch_would() {
+    let dir = tmpdir("writer-interval");
+    let every = RunFiles::for_checkpoint(&dir.join("every.safetensors"));
+    let end = RunFiles::for_checkpoint(&dir.join("end.safetensors"));
+    let mut weights = Vec::new();
+    for (files, config) in [(&every, config(5)), (&end, config_saving_at_the_end(5))] {
+        let mut model = small_model();
+        // val_loss rises after epoch 1: the best epoch is long unwritten when the run ends.
+        let feed = feed(&model, [0, 1, 0, 1], [1, 0, 1, 0], None);
+        let mut saved = Vec::new();
+        let mut observer = Saved(|epoch, was_saved| {
+            saved.push(was_saved);
+            if config.save_interval > 0.0 && epoch < 5 {
+                assert!(
+                    !files.best.exists() && !files.last.exists() && !files.metrics.exists(),
+                    "nothing written before the last epoch"
+                );
+            }
+        });
+        let s = fit(
+            &mut model,
+            &config,
+            feed,
+            files,
+            Resume::default(),
+            &mut observer,
+        )
+        .unwrap();
+        let expected = if config.save_interval > 0.0 {
+            vec![false, false, false, false, true]
+        } else {
+            vec![true; 5]
+        };
+        assert_eq!(saved, expected);
+        assert_eq!(s.best_epoch, 1);
+        assert_eq!(epochs_in(&files.best), 1);
+        assert_eq!(epochs_in(&files.last), 5);
+        assert_eq!(csv_rows(&files.metrics), 5);
+        // The model was restored to the best epoch's weights, from its file.
+        assert_eq!(file_tensors(&files.best), model_tensors(&model));
+        weights.push((
+            file_tensors(&files.best),
+            file_tensors(&files.last),
+            file_tensors(&files.optim),
+        ));
+    }
+    assert!(weights[0] == weights[1], "the same files, written later");
+    assert_ne!(weights[0].0, weights[0].1);
+    assert_eq!(temporaries(&dir), Vec::<String>::new());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_unwritten_best_epoch_is_written_when_the_loss_diverges() {
+    let dir = tmpdir("writer-interval-nan");
+    let files = RunFiles::for_checkpoint(&dir.join("m.safetensors"));
+    let mut model = small_model();
+    let feed = feed(&model, [0, 1, 0, 1], [1, 0, 1, 0], Some(3));
+    let err = fit(
+        &mut model,
+        &config_saving_at_the_end(5),
+        feed,
+        &files,
+        Resume::default(),
+        &mut Quiet,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::NonFinite { epoch: 3, .. }), "{err}");
+    // Epoch 1, the best, waited in memory; it is on disk with the two epochs' metrics. No epoch
+    // was due to write `last`.
+    assert_eq!(epochs_in(&files.best), 1);
+    assert!(file_tensors(&files.best)
+        .values()
+        .flatten()
+        .all(|v| v.is_finite()));
+    assert_eq!(csv_rows(&files.metrics), 2);
+    assert!(!files.last.exists());
+    assert_eq!(temporaries(&dir), Vec::<String>::new());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Calls its closure with each finished epoch's number and whether its files were written.
+struct Saved<F: FnMut(usize, bool)>(F);
+
+impl<F: FnMut(usize, bool)> Observer for Saved<F> {
+    fn on_epoch(&mut self, record: &EpochRecord, saved: bool) {
+        (self.0)(record.epoch, saved)
+    }
 }

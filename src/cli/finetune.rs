@@ -108,6 +108,16 @@ pub struct Args {
     /// Batch in dataset order.
     #[arg(long)]
     no_shuffle: bool,
+    /// Write the checkpoints, optimizer state and metrics after an epoch once this many seconds
+    /// have passed since they were last written, and after the last epoch (0: after every
+    /// epoch). A best epoch not yet written waits in memory.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = tl::train::DEFAULT_SAVE_INTERVAL,
+        allow_negative_numbers = true
+    )]
+    save_interval: f32,
     /// Recompute the frozen stages every epoch even when augmentation is off (by default their
     /// output is computed once per image and cached).
     #[arg(long)]
@@ -161,7 +171,7 @@ impl Observer for Cli {
         ));
     }
 
-    fn on_epoch(&mut self, r: &EpochRecord) {
+    fn on_epoch(&mut self, r: &EpochRecord, saved: bool) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
@@ -179,7 +189,12 @@ impl Observer for Cli {
                 Some(None) => "  [cached features]".to_string(),
                 Some(Some(k)) => format!("  [cached features, view {}/{k}]", (r.epoch - 1) % k + 1),
             },
-            if r.best { "  (best, saved)" } else { "" }
+            match (r.best, saved) {
+                (true, true) => "  (best, saved)",
+                (true, false) => "  (best)",
+                (false, true) => "  (saved)",
+                (false, false) => "",
+            }
         );
     }
 }
@@ -258,6 +273,7 @@ fn config(args: &Args) -> Result<TrainConfig> {
         val_split: args.val_split,
         image_size: args.image_size,
         precise_bn: args.precise_bn,
+        save_interval: args.save_interval,
     };
     c.validate()?;
     Ok(c)

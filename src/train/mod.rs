@@ -19,4 +19,5 @@ pub use optimizer::{zero_grad, Adam, Optimizer, Sgd};
 pub use regularization::Penalty;
 pub use trainer::{
     evaluate, fit, train_step, Batch, FitSummary, Observer, OptimizerKind, RunFiles, TrainConfig,
+    DEFAULT_SAVE_INTERVAL,
 };

@@ -18,7 +18,7 @@ use super::early_stopping::{EarlyStopping, Verdict};
 use super::metrics::{argmax_rows, Confusion, Running};
 use super::optimizer::{zero_grad, Adam, AdamState, Optimizer, Sgd};
 use super::regularization::Penalty;
-use super::writer::CheckpointWriter;
+use super::writer::{write_metrics, CheckpointWriter};
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::loss::cross_entropy;
@@ -60,6 +60,12 @@ pub struct TrainConfig {
     /// sees statistics of the final weights rather than a lagging momentum average.
     #[serde(default)]
     pub precise_bn: bool,
+    /// Seconds between writes of the run's files: after an epoch they are written when at least
+    /// this long has passed since they were last written (or since training began), and always
+    /// after the last epoch. An unwritten best epoch is kept in memory until then. 0 writes them
+    /// after every epoch.
+    #[serde(default)]
+    pub save_interval: f32,
 }
 
 impl Default for TrainConfig {
@@ -78,9 +84,15 @@ impl Default for TrainConfig {
             val_split: 0.2,
             image_size: 224,
             precise_bn: false,
+            save_interval: DEFAULT_SAVE_INTERVAL,
         }
     }
 }
+
+/// Seconds between writes of a run's files by default ([`TrainConfig::save_interval`]): a crash
+/// loses at most this much training, and runs of short epochs write 80 MB a few times rather
+/// than after every epoch.
+pub const DEFAULT_SAVE_INTERVAL: f32 = 30.0;
 
 impl TrainConfig {
     /// Checks the numbers.
@@ -105,7 +117,11 @@ impl TrainConfig {
                 ));
             }
         }
-        for (flag, v) in [("--l1", self.l1), ("--l2", self.l2)] {
+        for (flag, v) in [
+            ("--l1", self.l1),
+            ("--l2", self.l2),
+            ("--save-interval", self.save_interval),
+        ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(Error::config(
                     flag,
@@ -340,8 +356,9 @@ pub struct EpochRecord {
 pub trait Observer {
     /// After each training batch: `done` of `total` samples, running loss and accuracy.
     fn on_batch(&mut self, _epoch: usize, _done: usize, _total: usize, _running: &Running) {}
-    /// After validation.
-    fn on_epoch(&mut self, _record: &EpochRecord) {}
+    /// After validation; `saved` when the epoch's files are being written (after every epoch, or
+    /// at [`TrainConfig::save_interval`] and after the last one).
+    fn on_epoch(&mut self, _record: &EpochRecord, _saved: bool) {}
 }
 
 /// An observer that ignores everything.
@@ -465,12 +482,15 @@ impl Resume {
 /// writing the best checkpoint to `files.best` and the last to `files.last`, stopping early after
 /// `config.patience` epochs without a better val_loss. The model ends holding the best weights.
 ///
-/// `feed` gives the batches of an epoch and says where they enter the model. An epoch's files
-/// are written on a background thread while the next epoch trains; every file is complete when
-/// `fit` returns, with or without an error.
+/// `feed` gives the batches of an epoch and says where they enter the model. The files are
+/// written after an epoch once `config.save_interval` seconds have passed since they were last
+/// written (or since the run began), and after the last epoch; a best epoch not yet written is
+/// kept in memory until then. They are written on a background thread while the next epoch
+/// trains; every file is complete when `fit` returns, with or without an error.
 ///
 /// # Errors
-/// [`Error::NonFinite`] when the loss stops being finite (the best checkpoint is left as it was);
+/// [`Error::NonFinite`] when the loss stops being finite (the best checkpoint is then the best
+/// epoch before it, written if it was not yet);
 /// [`Error::Io`] when a file cannot be written, returned when the next epoch ends or the run does.
 #[allow(clippy::too_many_arguments)]
 pub fn fit(
@@ -507,6 +527,11 @@ pub fn fit(
     // Dropped on an early return: it then waits for the files in flight, and the error that
     // caused the return is the one reported.
     let mut writer = CheckpointWriter::start(files.clone());
+    let interval = std::time::Duration::from_secs_f32(config.save_interval);
+    let mut last_write = Instant::now();
+    // The best epoch's checkpoint while its files are unwritten, and memory for the next one.
+    let mut unwritten_best: Option<FileImage> = None;
+    let mut spare_best: Option<FileImage> = None;
     let summary = |history: &[EpochRecord], stopper: &EarlyStopping, stopped_early| {
         let best = stopper
             .best_epoch()
@@ -540,6 +565,13 @@ pub fn fit(
                 &mut rng,
             );
             if !out.loss.is_finite() || !out.penalty.is_finite() {
+                if let Some(best) = unwritten_best {
+                    // After the files in flight; the loss is the error to report.
+                    let _ = writer.finish();
+                    let _ = best
+                        .write_atomic(&files.best)
+                        .and_then(|_| write_metrics(&files.metrics, &history));
+                }
                 return Err(Error::NonFinite {
                     value: if out.loss.is_finite() {
                         out.penalty
@@ -580,17 +612,40 @@ pub fn fit(
         let json =
             serde_json::to_string(&summary(&history, &stopper, false)).expect("summary serialises");
         holds_best = verdict == Verdict::Improved;
-        // After the previous epoch's files: one snapshot at a time, files in epoch order.
-        writer.submit(|previous| {
-            // Into the memory of the previous epoch's snapshot: no fresh pages to fault in.
-            let mut snapshot = previous.unwrap_or_default();
-            model.checkpoint_into(&json, &mut snapshot.checkpoint);
-            optimizer.state_into(&mut snapshot.optimizer);
-            snapshot.best = holds_best;
-            snapshot.history.clone_from(&history);
-            snapshot
-        })?;
-        observer.on_epoch(&record);
+        let save =
+            epoch == config.epochs || verdict == Verdict::Stop || last_write.elapsed() >= interval;
+        if save {
+            // A best epoch not yet written goes with this one's files, unless this one is best.
+            let earlier_best = if holds_best {
+                spare_best = unwritten_best.take().or(spare_best.take());
+                None
+            } else {
+                unwritten_best.take()
+            };
+            // After the previous epoch's files: one snapshot at a time, files in epoch order.
+            writer.submit(|previous| {
+                // Into the memory of the previous snapshot: no fresh pages to fault in.
+                let mut snapshot = previous.unwrap_or_default();
+                if let Some(image) = snapshot.earlier_best.take() {
+                    spare_best.get_or_insert(image);
+                }
+                model.checkpoint_into(&json, &mut snapshot.checkpoint);
+                optimizer.state_into(&mut snapshot.optimizer);
+                snapshot.best = holds_best;
+                snapshot.earlier_best = earlier_best;
+                snapshot.history.clone_from(&history);
+                snapshot
+            })?;
+            last_write = Instant::now();
+        } else if holds_best {
+            let mut image = unwritten_best
+                .take()
+                .or(spare_best.take())
+                .unwrap_or_default();
+            model.checkpoint_into(&json, &mut image);
+            unwritten_best = Some(image);
+        }
+        observer.on_epoch(&record, save);
         if verdict == Verdict::Stop {
             stopped_early = epoch < config.epochs;
             break;

@@ -1,6 +1,7 @@
-//! The files of each epoch, written on a background thread while the next epoch trains.
+//! The files of an epoch, written on a background thread while the next epoch trains.
 //!
-//! At the end of an epoch the training thread takes an [`EpochSnapshot`] (the checkpoint and the
+//! At the end of an epoch that writes its files (every epoch, or one per
+//! [`super::TrainConfig::save_interval`] and the last) the training thread takes an [`EpochSnapshot`] (the checkpoint and the
 //! optimizer state laid out as the files they become, [`FileImage`]s, and the history) and hands
 //! it to the [`CheckpointWriter`]. At most one snapshot is in flight: the next one is taken only
 //! after it is written, so the files are written in epoch order and memory holds one snapshot. A
@@ -24,6 +25,9 @@ pub(super) struct EpochSnapshot {
     pub checkpoint: FileImage,
     /// Whether the epoch is the new best.
     pub best: bool,
+    /// The best epoch's checkpoint when that is an earlier epoch whose files were not written
+    /// (files are written at [`super::TrainConfig::save_interval`]); `None` otherwise.
+    pub earlier_best: Option<FileImage>,
     /// The optimizer state ([`super::trainer::AnyOptimizer::state_into`]).
     pub optimizer: FileImage,
     /// Every epoch so far, for the metrics CSV.
@@ -32,9 +36,10 @@ pub(super) struct EpochSnapshot {
 
 impl EpochSnapshot {
     /// Writes, each atomically: the checkpoint to `files.best` with `files.last` linked to it
-    /// for a best epoch, else to `files.last`; beside it, on a second thread, the optimizer state
-    /// (the two files' syncs then wait for the device together, not one after the other); then
-    /// the metrics CSV.
+    /// for a best epoch, else an earlier best epoch's checkpoint (if unwritten) to `files.best`
+    /// and this one to `files.last`; beside them, on a second thread, the optimizer state (the
+    /// files' syncs then wait for the device together, not one after the other); then the
+    /// metrics CSV.
     ///
     /// # Errors
     /// [`crate::Error::Io`] naming the file (the checkpoint's first when both fail); the metrics
@@ -48,7 +53,10 @@ impl EpochSnapshot {
                     .write_atomic(&files.best)
                     .and_then(|_| link_atomic(&files.best, &files.last))
             } else {
-                self.checkpoint.write_atomic(&files.last)
+                self.earlier_best
+                    .as_ref()
+                    .map_or(Ok(()), |best| best.write_atomic(&files.best))
+                    .and_then(|_| self.checkpoint.write_atomic(&files.last))
             };
             let optimizer = optimizer
                 .join()
@@ -60,7 +68,7 @@ impl EpochSnapshot {
     }
 }
 
-fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
+pub(super) fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
     write_atomic(path, |w| {
         writeln!(
             w,
