@@ -90,8 +90,8 @@ impl Default for TrainConfig {
 }
 
 /// Seconds between writes of a run's files by default ([`TrainConfig::save_interval`]): a crash
-/// loses at most this much training, and runs of short epochs write 80 MB a few times rather
-/// than after every epoch.
+/// loses at most this much training, and runs of short epochs write their files (80 MB for
+/// ResNet-18) a few times rather than after every epoch.
 pub const DEFAULT_SAVE_INTERVAL: f32 = 30.0;
 
 impl TrainConfig {
@@ -527,7 +527,9 @@ pub fn fit(
     // Dropped on an early return: it then waits for the files in flight, and the error that
     // caused the return is the one reported.
     let mut writer = CheckpointWriter::start(files.clone());
-    let interval = std::time::Duration::from_secs_f32(config.save_interval);
+    // Any finite interval: one longer than a Duration holds never comes.
+    let interval = std::time::Duration::try_from_secs_f32(config.save_interval)
+        .unwrap_or(std::time::Duration::MAX);
     let mut last_write = Instant::now();
     // The best epoch's checkpoint while its files are unwritten, and memory for the next one.
     let mut unwritten_best: Option<FileImage> = None;

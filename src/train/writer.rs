@@ -1,12 +1,13 @@
 //! The files of an epoch, written on a background thread while the next epoch trains.
 //!
-//! At the end of an epoch that writes its files (every epoch, or one per
-//! [`super::TrainConfig::save_interval`] and the last) the training thread takes an [`EpochSnapshot`] (the checkpoint and the
-//! optimizer state laid out as the files they become, [`FileImage`]s, and the history) and hands
-//! it to the [`CheckpointWriter`]. At most one snapshot is in flight: the next one is taken only
-//! after it is written, so the files are written in epoch order and memory holds one snapshot. A
-//! written snapshot comes back to the training thread, and the next one is copied into its memory
-//! (fresh pages for every epoch's copy cost ResNet-18 30–40 ms per epoch).
+//! At the end of an epoch that writes its files (every epoch, or the first one after each
+//! [`super::TrainConfig::save_interval`] and the last) the training thread takes an
+//! [`EpochSnapshot`] (the checkpoint and the optimizer state laid out as the files they become,
+//! [`FileImage`]s, and the history) and hands it to the [`CheckpointWriter`]. At most one
+//! snapshot is in flight: the next one is taken only after it is written, so the files are
+//! written in epoch order and memory holds one snapshot (besides, between writes, the best
+//! epoch's checkpoint). A written snapshot comes back to the training thread, and the next one is
+//! copied into its memory (fresh pages for every epoch's copy cost ResNet-18 30–40 ms per epoch).
 
 use std::io::Write;
 use std::path::Path;
