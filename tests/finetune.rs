@@ -643,12 +643,12 @@ fn config(epochs: usize) -> TrainConfig {
     }
 }
 
-/// Calls its closure with each finished epoch's number.
-struct OnEpoch<F: FnMut(usize)>(F);
+/// Calls its closure with each finished epoch's number and whether its files were written.
+struct OnEpoch<F: FnMut(usize, bool)>(F);
 
-impl<F: FnMut(usize)> Observer for OnEpoch<F> {
-    fn on_epoch(&mut self, record: &EpochRecord, _saved: bool) {
-        (self.0)(record.epoch)
+impl<F: FnMut(usize, bool)> Observer for OnEpoch<F> {
+    fn on_epoch(&mut self, record: &EpochRecord, saved: bool) {
+        (self.0)(record.epoch, saved)
     }
 }
 
@@ -780,7 +780,7 @@ fn a_failed_write_stops_fit_with_the_file_named() {
         // val_loss rises after epoch 1: epoch 1 is the best, later epochs write only `last`.
         let feed = feed(&model, [0, 1, 0, 1], [1, 0, 1, 0], None);
         let mut seen = Vec::new();
-        let mut observer = OnEpoch(|epoch| {
+        let mut observer = OnEpoch(|epoch, _| {
             seen.push(epoch);
             if epoch == 2 {
                 wait_for_rows(&files.metrics, 2);
@@ -825,7 +825,7 @@ fn a_training_error_wins_over_a_write_error_once_the_files_are_done() {
     let files = files_with_state_folder(&dir);
     let mut model = small_model();
     let feed = feed(&model, [0, 1, 0, 1], [1, 0, 1, 0], Some(3));
-    let mut observer = OnEpoch(|epoch| {
+    let mut observer = OnEpoch(|epoch, _| {
         if epoch == 1 {
             wait_for_rows(&files.metrics, 1);
             block_state_folder(&dir);
@@ -880,7 +880,7 @@ fn files_wait_for_the_save_interval_and_hold_what_every_epoch_would() {
         // val_loss rises after epoch 1: the best epoch is long unwritten when the run ends.
         let feed = feed(&model, [0, 1, 0, 1], [1, 0, 1, 0], None);
         let mut saved = Vec::new();
-        let mut observer = Saved(|epoch, was_saved| {
+        let mut observer = OnEpoch(|epoch, was_saved| {
             saved.push(was_saved);
             if config.save_interval > 0.0 && epoch < 5 {
                 assert!(
@@ -949,13 +949,4 @@ fn an_unwritten_best_epoch_is_written_when_the_loss_diverges() {
     assert!(!files.last.exists());
     assert_eq!(temporaries(&dir), Vec::<String>::new());
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// Calls its closure with each finished epoch's number and whether its files were written.
-struct Saved<F: FnMut(usize, bool)>(F);
-
-impl<F: FnMut(usize, bool)> Observer for Saved<F> {
-    fn on_epoch(&mut self, record: &EpochRecord, saved: bool) {
-        (self.0)(record.epoch, saved)
-    }
 }
