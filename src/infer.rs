@@ -3,7 +3,8 @@
 //!
 //! Within a batch, the leading layers on large maps (inputs of at least [`MICRO_POSITIONS`]
 //! positions per channel) run on micro-batches (`Plan::micro`: as many images as keep their
-//! largest map near [`MICRO_BYTES`], at least as many as there are threads), and the layers after
+//! largest map near a byte budget — [`MICRO_BYTES`], or [`PREFIX_MICRO_BYTES`] for a fine-tuning
+//! run's frozen prefix — at least as many as there are threads), and the layers after
 //! them (small maps, flatten, the fully connected layers) on the whole batch at once.
 //! Rows are independent in eval mode, so the result is the same as one pass over the batch; the
 //! peak memory is that of a micro-batch's large activations and im2col buffers, while the small
