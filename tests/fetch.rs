@@ -507,10 +507,13 @@ fn not_found_refused_and_stalled_give_clear_errors() {
     );
     assert_eq!(server.requests().len(), 1, "a 404 was retried");
 
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A socket bound but never listening: connections to its port are refused, and no other
+    // test's server can take the port while it is held (a port merely freed could be reused by
+    // a parallel test's server, which would answer 404 instead of refusing).
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    held.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = held.local_addr().unwrap().as_socket().unwrap().port();
     let refused = format!("http://127.0.0.1:{port}/x.safetensors");
     let r = tl(
         &home,
@@ -527,6 +530,7 @@ fn not_found_refused_and_stalled_give_clear_errors() {
     );
     assert!(r.elapsed < Duration::from_secs(15), "{:?}", r.elapsed);
     assert_eq!(snapshot(&home), before, "a failed fetch changed the cache");
+    drop(held);
 
     let body = data(SIZE, 9);
     server.route("/stall", body.clone(), Mode::StallAt(SIZE / 2), &[]);
