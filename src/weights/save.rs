@@ -268,8 +268,7 @@ impl FileImage {
     }
 
     /// Writes the image to `path` atomically (temporary name, sync, rename, directory sync), by
-    /// direct I/O where the filesystem supports it, else through the page cache
-    /// ([`FileImage::write_buffered`]).
+    /// direct I/O where the filesystem supports it, else through the page cache.
     ///
     /// # Errors
     /// [`Error::Io`] naming the file; the temporary file is removed and nothing is left under
