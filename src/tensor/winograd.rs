@@ -50,7 +50,7 @@
 //! image by image, so every value of a tile's window is one contiguous run over the images, and
 //! nothing is gathered value by value. In this order the last tile row and column of a side that
 //! is not a multiple of four compute only the outputs inside it, by F(m×m, 3×3) on `m + 2` of the
-//! six points with the same `U` (the private `Span` types), and each position's products take
+//! six points with the same `U` (the private `Span` trait), and each position's products take
 //! only the tiles that use it (the private `Slots`): at 7×7, 121 tile-position pairs where whole
 //! tiles need 144.
 //!
